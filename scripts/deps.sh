@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages clip's tests, demo and benchmarks use, if missing.
+set -euo pipefail
+need=()
+for pair in umoci:umoci skopeo:skopeo getfattr:attr zstd:zstd gzip:gzip python3:python3 debootstrap:debootstrap; do
+  cmd=${pair%%:*} pkg=${pair##*:}
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+[ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "deps: installing ${need[*]}" >&2
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "deps: cargo is missing; install Rust (rustup) first" >&2
+  exit 1
+fi

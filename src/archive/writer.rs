@@ -1,0 +1,159 @@
+//! Writing archives: to a temporary file next to the target, fsynced, then renamed,
+//! so a reader never sees a half-written archive and a failed run leaves nothing.
+
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use super::*;
+use crate::codec::CheckpointKind;
+use crate::error::{Error, IoContext, Result};
+
+const ZSTD_LEVEL: i32 = 9;
+
+struct Section {
+    id: SectionId,
+    flags: u32,
+    stored: Vec<u8>,
+    raw_len: u64,
+}
+
+fn section(id: SectionId, raw: Vec<u8>, compress: bool) -> Result<Section> {
+    let raw_len = raw.len() as u64;
+    if compress && raw.len() > 64 {
+        let z = zstd::bulk::compress(&raw, ZSTD_LEVEL).map_err(|e| Error::format(format!("compressing: {e}")))?;
+        return Ok(Section {
+            id,
+            flags: FLAG_REQUIRED | FLAG_ZSTD,
+            stored: z,
+            raw_len,
+        });
+    }
+    Ok(Section {
+        id,
+        flags: FLAG_REQUIRED,
+        stored: raw,
+        raw_len,
+    })
+}
+
+/// Encodes the archive's sections.
+fn encode(a: &Archive) -> Result<Vec<Section>> {
+    let mut layers = Vec::new();
+    let mut cps = Vec::new();
+    let mut spans = Vec::new();
+    let mut windows = Vec::new();
+    for l in &a.layers {
+        let cp_start = (cps.len() / CHECKPOINT_SIZE) as u64;
+        let sp_start = (spans.len() / SPAN_SIZE) as u64;
+        for c in &l.codec.checkpoints {
+            let (woff, wlen) = match &c.window {
+                Some(w) => {
+                    let off = windows.len() as u64;
+                    windows.extend_from_slice(w);
+                    (off, w.len() as u32)
+                }
+                None => (0, 0),
+            };
+            cps.extend_from_slice(&c.in_offset.to_le_bytes());
+            cps.extend_from_slice(&c.out_offset.to_le_bytes());
+            cps.push(c.bits);
+            cps.push(match c.kind {
+                CheckpointKind::Start => 0,
+                CheckpointKind::Block => 1,
+            });
+            cps.extend_from_slice(&[0, 0]);
+            cps.extend_from_slice(&wlen.to_le_bytes());
+            cps.extend_from_slice(&woff.to_le_bytes());
+        }
+        for s in &l.codec.spans {
+            spans.extend_from_slice(&s.out_offset.to_le_bytes());
+            spans.extend_from_slice(&s.checkpoint.to_le_bytes());
+            spans.extend_from_slice(&s.hash);
+        }
+        layers.push(LayerMeta {
+            digest: l.digest,
+            media_type: l.media_type.clone(),
+            compressed_size: l.compressed_size,
+            compression: l.compression,
+            diff_id: l.diff_id,
+            uncompressed_size: l.codec.uncompressed_size,
+            checkpoints: [cp_start, l.codec.checkpoints.len() as u64],
+            spans: [sp_start, l.codec.spans.len() as u64],
+        });
+    }
+    let json = |v: &dyn erased::Json| v.to_vec();
+    Ok(vec![
+        section(SectionId::Meta, json(&a.meta)?, true)?,
+        section(SectionId::Layers, json(&layers)?, true)?,
+        section(SectionId::Checkpoints, cps, true)?,
+        section(SectionId::Spans, spans, false)?,
+        // Windows are compressed one by one already.
+        section(SectionId::Windows, windows, false)?,
+        section(SectionId::Inodes, a.tree.encode_inodes(), true)?,
+        section(SectionId::Dirents, a.tree.encode_dirents(), true)?,
+        section(SectionId::Xattrs, a.tree.encode_xattrs(), true)?,
+        section(SectionId::Strings, a.tree.strings.clone(), true)?,
+    ])
+}
+
+mod erased {
+    use crate::error::{Error, Result};
+
+    pub trait Json {
+        fn to_vec(&self) -> Result<Vec<u8>>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_vec(&self) -> Result<Vec<u8>> {
+            serde_json::to_vec(self).map_err(|e| Error::format(format!("encoding JSON: {e}")))
+        }
+    }
+}
+
+/// Writes `archive` to `path` atomically (temporary file, fsync, rename).
+pub fn write(archive: &Archive, path: &Path) -> Result<u64> {
+    let sections = encode(archive)?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".clip-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .ctx("creating a temporary file in", dir)?;
+    let mut w = BufWriter::new(tmp.as_file());
+    w.write_all(&[0u8; HEADER_SIZE]).ctx("writing", tmp.path())?;
+    let mut offset = HEADER_SIZE as u64;
+    let mut table = Vec::with_capacity(sections.len() * SECTION_ENTRY_SIZE);
+    for s in &sections {
+        w.write_all(&s.stored).ctx("writing", tmp.path())?;
+        table.extend_from_slice(&(s.id as u32).to_le_bytes());
+        table.extend_from_slice(&s.flags.to_le_bytes());
+        table.extend_from_slice(&offset.to_le_bytes());
+        table.extend_from_slice(&(s.stored.len() as u64).to_le_bytes());
+        table.extend_from_slice(&s.raw_len.to_le_bytes());
+        table.extend_from_slice(&checksum(&s.stored));
+        offset += s.stored.len() as u64;
+    }
+    let table_offset = offset;
+    w.write_all(&table).ctx("writing", tmp.path())?;
+    let total = table_offset + table.len() as u64;
+    let mut header = Vec::with_capacity(HEADER_SIZE);
+    header.extend_from_slice(&MAGIC);
+    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes()); // flags
+    header.extend_from_slice(&(sections.len() as u32).to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes()); // reserved
+    header.extend_from_slice(&table_offset.to_le_bytes());
+    header.extend_from_slice(&checksum(&table));
+    header.extend_from_slice(&total.to_le_bytes());
+    header.resize(HEADER_SIZE, 0);
+    w.flush().ctx("writing", tmp.path())?;
+    drop(w);
+    let mut f = tmp.as_file();
+    f.seek(SeekFrom::Start(0)).ctx("writing", tmp.path())?;
+    f.write_all(&header).ctx("writing", tmp.path())?;
+    f.sync_all().ctx("syncing", tmp.path())?;
+    tmp.persist(path).map_err(|e| Error::io("renaming into", path, e.error))?;
+    Ok(total)
+}

@@ -1,0 +1,378 @@
+//! `clipctl`: the command line over the clip library. Parsing, typed options, one
+//! call into the library, and an exit code; no logic lives here.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use clip::create::{CreateOptions, Progress, Stage};
+use clip::extract::{ExtractOptions, extract};
+use clip::image::Image;
+use clip::oci::Platform;
+use clip::tree::{Kind, Tree};
+
+#[derive(Parser)]
+#[command(name = "clipctl", version, about = "Lazy-loading container images: index, inspect, read")]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace); also CLIP_LOG_LEVEL.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Index an image of a local OCI layout into an index-only .clip archive.
+    IndexLayout {
+        /// The OCI layout directory.
+        #[arg(long)]
+        layout: PathBuf,
+        /// The image's tag (org.opencontainers.image.ref.name); optional if the layout holds one image.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Where to write the archive.
+        #[arg(long)]
+        out: PathBuf,
+        /// Registry reference to record as where a mount fetches layers from.
+        #[arg(long)]
+        storage_ref: Option<String>,
+        #[command(flatten)]
+        idx: IndexArgs,
+    },
+    /// Index an image by reference (`oci:/path:tag` today; registries soon).
+    Create {
+        /// Image reference.
+        image_ref: String,
+        /// Where to write the archive.
+        #[arg(long)]
+        out: PathBuf,
+        /// Registry reference to record as where a mount fetches layers from.
+        #[arg(long)]
+        storage_ref: Option<String>,
+        #[command(flatten)]
+        idx: IndexArgs,
+    },
+    /// Summarise an archive.
+    Inspect {
+        /// The archive.
+        archive: PathBuf,
+        /// Print everything as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List files of an archive like `ls -l`.
+    Ls {
+        /// The archive.
+        archive: PathBuf,
+        /// A directory or file in the image (default: /).
+        path: Option<String>,
+        /// List recursively.
+        #[arg(short = 'R', long)]
+        recursive: bool,
+    },
+    /// Print a file's bytes, read by random access from the layers.
+    Cat {
+        /// The archive.
+        archive: PathBuf,
+        /// The file in the image.
+        path: String,
+        /// The OCI layout holding the layers.
+        #[arg(long)]
+        layout: PathBuf,
+        /// Start at this byte.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// Read at most this many bytes.
+        #[arg(long)]
+        length: Option<u64>,
+        /// Print read statistics to stderr as JSON.
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Materialise the image's merged tree into a directory.
+    Extract {
+        /// The archive.
+        archive: PathBuf,
+        /// Destination directory (created; must be empty).
+        dest: PathBuf,
+        /// The OCI layout holding the layers.
+        #[arg(long)]
+        layout: PathBuf,
+        /// Print read statistics to stderr as JSON.
+        #[arg(long)]
+        stats: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct IndexArgs {
+    /// Platform to pick from a multi-platform image (os/arch[/variant]).
+    #[arg(long)]
+    platform: Option<String>,
+    /// Uncompressed bytes per span: a number with an optional KiB/MiB suffix.
+    #[arg(long, default_value = "2MiB")]
+    span_size: String,
+    /// Layers indexed at once (default: number of CPUs).
+    #[arg(long, default_value_t = 0)]
+    concurrency: usize,
+    /// Print per-layer progress to stderr.
+    #[arg(long)]
+    progress: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("MiB") {
+        (n, 1 << 20)
+    } else if let Some(n) = s.strip_suffix("KiB") {
+        (n, 1 << 10)
+    } else {
+        (s, 1)
+    };
+    let n: u64 = num.trim().parse().with_context(|| format!("invalid size {s:?}"))?;
+    Ok(n * mult)
+}
+
+impl IndexArgs {
+    fn options(&self, storage_ref: Option<String>) -> Result<CreateOptions> {
+        let mut o = CreateOptions {
+            span_size: parse_size(&self.span_size)?,
+            platform: self.platform.as_deref().map(Platform::parse).transpose()?,
+            storage_ref,
+            concurrency: self.concurrency,
+            ..Default::default()
+        };
+        if self.progress {
+            o.progress = Some(Arc::new(|p: &Progress| {
+                let stage = match p.stage {
+                    Stage::Starting => "starting",
+                    Stage::Progress => "progress",
+                    Stage::Completed => "completed",
+                };
+                eprintln!(
+                    "layer {}/{} {stage} {}: {} of {} compressed bytes, {} uncompressed",
+                    p.layer_index, p.total_layers, p.layer_digest, p.compressed_done, p.compressed_total, p.uncompressed_done
+                );
+            }));
+        }
+        Ok(o)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = cli
+        .log_level
+        .clone()
+        .or_else(|| std::env::var("CLIP_LOG_LEVEL").ok())
+        .unwrap_or_else(|| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("clipctl: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::IndexLayout { layout, tag, out, storage_ref, idx } => {
+            let s = clip::create::index_layout(&layout, tag.as_deref(), &out, &idx.options(storage_ref)?)?;
+            eprintln!(
+                "wrote {} ({} bytes): {} layers, {} inodes, manifest {}",
+                out.display(),
+                s.archive_size,
+                s.layers,
+                s.inodes,
+                s.manifest_digest
+            );
+        }
+        Cmd::Create { image_ref, out, storage_ref, idx } => {
+            let s = clip::create::create_from_image(&image_ref, &out, &idx.options(storage_ref)?)?;
+            eprintln!("wrote {} ({} bytes): {} layers, {} inodes", out.display(), s.archive_size, s.layers, s.inodes);
+        }
+        Cmd::Inspect { archive, json } => inspect(&archive, json)?,
+        Cmd::Ls { archive, path, recursive } => {
+            let a = clip::archive::read(&archive)?;
+            let path = path.unwrap_or_else(|| "/".into());
+            let ino = a.tree.resolve(path.as_bytes()).with_context(|| format!("{path}: no such file in the image"))?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            ls(&a.tree, ino, &path, recursive, &mut out)?;
+            out.flush()?;
+        }
+        Cmd::Cat { archive, path, layout, offset, length, stats } => {
+            let img = Image::open_with_layout(&archive, &layout)?;
+            let ino = img.tree().resolve(path.as_bytes()).with_context(|| format!("{path}: no such file in the image"))?;
+            let inode = img.tree().inode(ino).expect("resolved");
+            if inode.kind() != Kind::File {
+                bail!("{path}: not a regular file");
+            }
+            let end = length.map_or(inode.size, |l| offset.saturating_add(l).min(inode.size));
+            let mut pos = offset.min(end);
+            let mut buf = vec![0u8; 4 << 20];
+            let mut out = std::io::stdout().lock();
+            while pos < end {
+                let n = ((end - pos) as usize).min(buf.len());
+                let got = img.read(ino, pos, &mut buf[..n])?;
+                out.write_all(&buf[..got])?;
+                pos += got as u64;
+            }
+            out.flush()?;
+            if stats {
+                eprintln!("{}", serde_json::to_string(&img.stats())?);
+            }
+        }
+        Cmd::Extract { archive, dest, layout, stats } => {
+            let img = Image::open_with_layout(&archive, &layout)?;
+            let s = extract(&img, &dest, ExtractOptions::default())?;
+            eprintln!("extracted {} inodes, {} bytes into {}", s.inodes, s.bytes, dest.display());
+            if stats {
+                eprintln!("{}", serde_json::to_string(&img.stats())?);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn inspect(path: &std::path::Path, json: bool) -> Result<()> {
+    let a = clip::archive::read(path)?;
+    let size = std::fs::metadata(path)?.len();
+    let layers: Vec<serde_json::Value> = a
+        .layers
+        .iter()
+        .map(|l| {
+            let block = l.codec.checkpoints.iter().filter(|c| c.kind == clip::codec::CheckpointKind::Block).count();
+            let window_bytes: usize = l.codec.checkpoints.iter().filter_map(|c| c.window.as_ref()).map(|w| w.len()).sum();
+            let max_span = (0..l.codec.spans.len()).map(|i| { let (s, e) = l.codec.span_range(i); e - s }).max().unwrap_or(0);
+            let own = l.codec.spans.iter().enumerate().filter(|(i, s)| {
+                l.codec.checkpoints[s.checkpoint as usize].out_offset == l.codec.span_range(*i).0
+            }).count();
+            serde_json::json!({
+                "digest": l.digest.to_string(),
+                "media_type": l.media_type,
+                "compression": l.compression,
+                "compressed_size": l.compressed_size,
+                "uncompressed_size": l.codec.uncompressed_size,
+                "diff_id": l.diff_id.to_string(),
+                "checkpoints": l.codec.checkpoints.len(),
+                "block_checkpoints": block,
+                "spans": l.codec.spans.len(),
+                "spans_with_own_checkpoint": own,
+                "max_span_bytes": max_span,
+                "window_bytes": window_bytes,
+            })
+        })
+        .collect();
+    let v = serde_json::json!({
+        "format_version": clip::archive::FORMAT_VERSION,
+        "archive_size": size,
+        "meta": a.meta,
+        "layers": layers,
+        "inodes": a.tree.inodes.len(),
+        "dirents": a.tree.dirents.len(),
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("archive:   {} ({size} bytes, format v{})", path.display(), clip::archive::FORMAT_VERSION);
+    println!("image:     {} ({})", a.meta.manifest_digest, a.meta.platform);
+    println!("source:    {}", a.meta.source);
+    match &a.meta.storage {
+        Some(s) => println!("storage:   {} {}/{}@{}", s.kind, s.registry, s.repository, s.reference),
+        None => println!("storage:   (none recorded; mount with a layout)"),
+    }
+    println!("files:     {} inodes, {} entries", a.tree.inodes.len(), a.tree.dirents.len());
+    let c = &a.meta.config;
+    println!("config:    entrypoint={:?} cmd={:?} user={:?} workdir={:?} env={}", c.entrypoint, c.cmd, c.user, c.working_dir, c.env.len());
+    for (i, l) in layers.iter().enumerate() {
+        println!(
+            "layer {i}:   {} {} {} -> {} bytes, {} checkpoints ({} in-stream), {} spans ({} with their own checkpoint), windows {} bytes",
+            l["digest"].as_str().unwrap_or(""),
+            l["compression"].as_str().unwrap_or(""),
+            l["compressed_size"],
+            l["uncompressed_size"],
+            l["checkpoints"],
+            l["block_checkpoints"],
+            l["spans"],
+            l["spans_with_own_checkpoint"],
+            l["window_bytes"],
+        );
+    }
+    Ok(())
+}
+
+fn ls(tree: &Tree, ino: u64, path: &str, recursive: bool, out: &mut dyn Write) -> Result<()> {
+    let inode = tree.inode(ino).expect("valid");
+    if inode.kind() != Kind::Dir {
+        return ls_line(tree, ino, path, out);
+    }
+    writeln!(out, "{path}:")?;
+    let mut subdirs = Vec::new();
+    for d in tree.children(ino) {
+        let name = String::from_utf8_lossy(tree.name(d)).into_owned();
+        ls_line(tree, d.ino as u64, &name, out)?;
+        if recursive && tree.inode(d.ino as u64).is_some_and(|i| i.kind() == Kind::Dir) {
+            subdirs.push((d.ino as u64, format!("{}/{}", path.trim_end_matches('/'), name)));
+        }
+    }
+    for (ino, p) in subdirs {
+        writeln!(out)?;
+        ls(tree, ino, &p, recursive, out)?;
+    }
+    Ok(())
+}
+
+fn ls_line(tree: &Tree, ino: u64, name: &str, out: &mut dyn Write) -> Result<()> {
+    let i = tree.inode(ino).expect("valid");
+    let t = match i.kind() {
+        Kind::Dir => 'd',
+        Kind::File => '-',
+        Kind::Symlink => 'l',
+        Kind::CharDevice => 'c',
+        Kind::BlockDevice => 'b',
+        Kind::Fifo => 'p',
+    };
+    let p = i.perm();
+    let bit = |m: u32, c: char| if p & m != 0 { c } else { '-' };
+    let x = |m: u32, special: u32, s: char, big: char| match (p & m != 0, p & special != 0) {
+        (true, true) => s,
+        (false, true) => big,
+        (true, false) => 'x',
+        (false, false) => '-',
+    };
+    let perms: String = [
+        bit(0o400, 'r'), bit(0o200, 'w'), x(0o100, 0o4000, 's', 'S'),
+        bit(0o040, 'r'), bit(0o020, 'w'), x(0o010, 0o2000, 's', 'S'),
+        bit(0o004, 'r'), bit(0o002, 'w'), x(0o001, 0o1000, 't', 'T'),
+    ]
+    .iter()
+    .collect();
+    let size = match i.kind() {
+        Kind::CharDevice | Kind::BlockDevice => {
+            let (ma, mi) = i.device();
+            format!("{ma}, {mi}")
+        }
+        _ => i.size.to_string(),
+    };
+    let target = if i.kind() == Kind::Symlink {
+        format!(" -> {}", String::from_utf8_lossy(tree.symlink_target(ino)))
+    } else {
+        String::new()
+    };
+    writeln!(out, "{t}{perms} {:>3} {:>5} {:>5} {:>10} {:>11} {name}{target}", i.nlink, i.uid, i.gid, size, i.mtime)?;
+    Ok(())
+}

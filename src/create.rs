@@ -1,0 +1,288 @@
+//! Creating an index-only archive from an image: resolve the image, index its layers
+//! in parallel (bounded), merge them, and write the archive atomically.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::archive::{self, Archive, LayerRecord, Meta, StorageRef};
+use crate::codec::{DEFAULT_SPAN_SIZE, MAX_SPAN_SIZE, MIN_SPAN_SIZE};
+use crate::error::{Error, Result};
+use crate::index::{self, LayerIndex};
+use crate::layout::Layout;
+use crate::oci::{Platform, ResolvedImage};
+use crate::reference::{Reference, RegistryRef};
+
+/// Stage of a layer's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The layer is about to be read.
+    Starting,
+    /// Bytes were processed.
+    Progress,
+    /// The layer is indexed.
+    Completed,
+}
+
+/// A progress event for one layer.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Stage.
+    pub stage: Stage,
+    /// 1-based index of the layer.
+    pub layer_index: usize,
+    /// Number of layers.
+    pub total_layers: usize,
+    /// The layer's digest.
+    pub layer_digest: String,
+    /// Compressed bytes read so far.
+    pub compressed_done: u64,
+    /// Compressed size of the layer.
+    pub compressed_total: u64,
+    /// Uncompressed bytes so far (the total once completed).
+    pub uncompressed_done: u64,
+    /// Layers completed so far (set on `Completed`).
+    pub completed_layers: usize,
+    /// Files in the layer (set on `Completed`).
+    pub files: usize,
+}
+
+/// A progress callback; called from indexing threads.
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// Options for creating an archive.
+#[derive(Clone)]
+pub struct CreateOptions {
+    /// Uncompressed bytes per span (default 2 MiB).
+    pub span_size: u64,
+    /// Platform to pick from a multi-platform image (default: this host).
+    pub platform: Option<Platform>,
+    /// Registry reference to record as where a mount fetches layers from.
+    pub storage_ref: Option<String>,
+    /// Layers indexed at once (0: the number of CPUs).
+    pub concurrency: usize,
+    /// Set to true to cancel.
+    pub cancel: Arc<AtomicBool>,
+    /// Progress callback.
+    pub progress: Option<ProgressFn>,
+}
+
+impl Default for CreateOptions {
+    fn default() -> CreateOptions {
+        CreateOptions {
+            span_size: DEFAULT_SPAN_SIZE,
+            platform: None,
+            storage_ref: None,
+            concurrency: 0,
+            cancel: Arc::new(AtomicBool::new(false)),
+            progress: None,
+        }
+    }
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Archive size in bytes.
+    pub archive_size: u64,
+    /// Number of layers.
+    pub layers: usize,
+    /// Sum of compressed layer sizes.
+    pub compressed_size: u64,
+    /// Sum of uncompressed layer sizes.
+    pub uncompressed_size: u64,
+    /// Inodes in the merged tree.
+    pub inodes: usize,
+    /// Manifest digest.
+    pub manifest_digest: String,
+}
+
+/// Indexes the image `tag` of the OCI layout at `layout_dir` into `out`.
+pub fn index_layout(layout_dir: &Path, tag: Option<&str>, out: &Path, opts: &CreateOptions) -> Result<Summary> {
+    check_options(opts)?;
+    let layout = Layout::open(layout_dir)?;
+    let platform = opts.platform.clone().unwrap_or_else(Platform::host);
+    let image = layout.resolve(tag, &platform)?;
+    let source = format!(
+        "oci:{}{}",
+        layout_dir.display(),
+        tag.map(|t| format!(":{t}")).unwrap_or_default()
+    );
+    let layers = index_layers(&image, opts, &|i| {
+        let l = &image.layers[i];
+        let f = layout.open_blob(&l.desc)?;
+        Ok(Box::new(std::io::BufReader::with_capacity(0, f)) as Box<dyn std::io::Read + Send>)
+    })?;
+    finish(image, layers, source, out, opts)
+}
+
+/// Indexes the image named by `reference`; today only `oci:` layout references are
+/// served here (registries arrive with the registry client).
+pub fn create_from_image(reference: &str, out: &Path, opts: &CreateOptions) -> Result<Summary> {
+    match Reference::parse(reference)? {
+        Reference::Layout { path, tag } => index_layout(&path, tag.as_deref(), out, opts),
+        Reference::Registry(r) => Err(Error::Unsupported(format!(
+            "indexing from a registry ({r}) is not implemented yet"
+        ))),
+    }
+}
+
+fn check_options(opts: &CreateOptions) -> Result<()> {
+    if !(MIN_SPAN_SIZE..=MAX_SPAN_SIZE).contains(&opts.span_size) {
+        return Err(Error::Invalid(format!(
+            "span size {} is outside {MIN_SPAN_SIZE}..={MAX_SPAN_SIZE}",
+            opts.span_size
+        )));
+    }
+    Ok(())
+}
+
+type OpenLayer<'a> = dyn Fn(usize) -> Result<Box<dyn std::io::Read + Send>> + Sync + 'a;
+
+/// Indexes all layers of `image`, `opts.concurrency` at a time.
+fn index_layers(image: &ResolvedImage, opts: &CreateOptions, open: &OpenLayer<'_>) -> Result<Vec<LayerIndex>> {
+    let n = image.layers.len();
+    let workers = match opts.concurrency {
+        0 => std::thread::available_parallelism().map_or(2, |p| p.get()),
+        c => c,
+    }
+    .min(n.max(1));
+    let next = AtomicUsize::new(0);
+    let completed = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<LayerIndex>>>> = Mutex::new((0..n).map(|_| None).collect());
+    let cancel = &opts.cancel;
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= n || cancel.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let layer = &image.layers[i];
+                    let event = |stage, done: index::layer::LayerProgress, completed_layers, files| Progress {
+                        stage,
+                        layer_index: i + 1,
+                        total_layers: n,
+                        layer_digest: layer.desc.digest.to_string(),
+                        compressed_done: done.compressed_done,
+                        compressed_total: layer.desc.size,
+                        uncompressed_done: done.uncompressed_done,
+                        completed_layers,
+                        files,
+                    };
+                    if let Some(p) = &opts.progress {
+                        p(&event(Stage::Starting, Default::default(), 0, 0));
+                    }
+                    let r = open(i).map_err(|e| e.with_layer(layer.desc.digest)).and_then(|mut rd| {
+                        let mut last = std::time::Instant::now();
+                        index::index_layer(&mut *rd, layer, opts.span_size, cancel, &mut |done| {
+                            if let Some(p) = &opts.progress
+                                && last.elapsed() >= std::time::Duration::from_millis(500)
+                            {
+                                last = std::time::Instant::now();
+                                p(&event(Stage::Progress, done, 0, 0));
+                            }
+                        })
+                    });
+                    match &r {
+                        Ok(li) => {
+                            let c = completed.fetch_add(1, Ordering::SeqCst) + 1;
+                            if let Some(p) = &opts.progress {
+                                let done = index::layer::LayerProgress {
+                                    compressed_done: li.compressed_size,
+                                    uncompressed_done: li.codec.uncompressed_size,
+                                };
+                                p(&event(Stage::Completed, done, c, li.entries.len()));
+                            }
+                        }
+                        Err(_) => cancel.store(true, Ordering::Relaxed),
+                    }
+                    results.lock().expect("results lock")[i] = Some(r);
+                }
+            });
+        }
+    });
+    let results = results.into_inner().expect("results lock");
+    // Report the first real failure, not the cancellations it caused.
+    let mut first_cancel = None;
+    let mut out = Vec::with_capacity(n);
+    for r in results {
+        match r {
+            Some(Ok(li)) => out.push(li),
+            Some(Err(e)) if e.code() == crate::error::ErrorCode::Canceled => {
+                first_cancel.get_or_insert(e);
+            }
+            Some(Err(e)) => return Err(e),
+            None => {
+                first_cancel.get_or_insert(Error::Canceled);
+            }
+        }
+    }
+    match first_cancel {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+fn storage_ref(opts: &CreateOptions, image: &ResolvedImage) -> Result<Option<StorageRef>> {
+    let Some(s) = &opts.storage_ref else { return Ok(None) };
+    match Reference::parse(s)? {
+        Reference::Registry(RegistryRef {
+            registry, repository, ..
+        }) => Ok(Some(StorageRef {
+            kind: "oci".into(),
+            registry,
+            repository,
+            reference: image.manifest_digest.to_string(),
+        })),
+        Reference::Layout { .. } => Err(Error::Invalid(format!(
+            "storage reference {s:?} must name a registry image"
+        ))),
+    }
+}
+
+fn finish(image: ResolvedImage, layers: Vec<LayerIndex>, source: String, out: &Path, opts: &CreateOptions) -> Result<Summary> {
+    let storage = storage_ref(opts, &image)?;
+    let tree = index::merge(&layers)?;
+    let summary_layers = layers.len();
+    let compressed_size = layers.iter().map(|l| l.compressed_size).sum();
+    let uncompressed_size = layers.iter().map(|l| l.codec.uncompressed_size).sum();
+    let archive = Archive {
+        meta: Meta {
+            created_by: format!("clip {}", crate::VERSION),
+            source,
+            storage,
+            manifest_digest: image.manifest_digest,
+            platform: image.platform.clone(),
+            config: image.config.clone(),
+            span_size: opts.span_size,
+        },
+        layers: layers
+            .into_iter()
+            .map(|l| LayerRecord {
+                digest: l.digest,
+                media_type: l.media_type,
+                compressed_size: l.compressed_size,
+                compression: l.compression,
+                diff_id: l.diff_id,
+                codec: l.codec,
+            })
+            .collect(),
+        tree,
+    };
+    if opts.cancel.load(Ordering::Relaxed) {
+        return Err(Error::Canceled);
+    }
+    let inodes = archive.tree.inodes.len();
+    let archive_size = archive::write(&archive, out)?;
+    Ok(Summary {
+        archive_size,
+        layers: summary_layers,
+        compressed_size,
+        uncompressed_size,
+        inodes,
+        manifest_digest: image.manifest_digest.to_string(),
+    })
+}

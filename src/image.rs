@@ -1,0 +1,281 @@
+//! An opened archive bound to the sources of its layers: read any file's bytes by
+//! random access (decoding only the spans the range touches, verified against the
+//! span hashes), or stream whole layers.
+//!
+//! The content store of a mount builds on this with an on-disk span cache; here a
+//! one-span memory cache serves runs of small reads from the same span.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::archive::{self, Archive};
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::source::{FileSource, RangeReader, RangeSource};
+use crate::tree::{Kind, Tree};
+
+/// Counters of the work done reading, for tests, `--stats` and benchmarks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    spans_decoded: AtomicU64,
+    bytes_decoded: AtomicU64,
+    compressed_bytes_read: AtomicU64,
+    cache_hits: AtomicU64,
+}
+
+/// A snapshot of [`Stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StatsSnapshot {
+    /// Spans decoded (each verified against its hash).
+    pub spans_decoded: u64,
+    /// Uncompressed bytes produced by decoders (including bytes skipped after a checkpoint).
+    pub bytes_decoded: u64,
+    /// Compressed bytes read from layer sources.
+    pub compressed_bytes_read: u64,
+    /// Reads served from the in-memory span cache.
+    pub cache_hits: u64,
+}
+
+struct CachedSpan {
+    layer: usize,
+    span: usize,
+    data: Arc<Vec<u8>>,
+}
+
+/// An archive with a source for each layer.
+pub struct Image {
+    archive: Archive,
+    sources: Vec<Arc<dyn RangeSource>>,
+    stats: Stats,
+    cache: Mutex<Option<CachedSpan>>,
+}
+
+impl Image {
+    /// Binds `archive` to one source per layer (checking their sizes).
+    pub fn new(archive: Archive, sources: Vec<Arc<dyn RangeSource>>) -> Result<Image> {
+        if sources.len() != archive.layers.len() {
+            return Err(Error::Invalid(format!(
+                "{} layer sources for {} layers",
+                sources.len(),
+                archive.layers.len()
+            )));
+        }
+        for (l, s) in archive.layers.iter().zip(&sources) {
+            if s.size() != l.compressed_size {
+                return Err(Error::format(format!(
+                    "{} is {} bytes, but layer {} is {} bytes",
+                    s.describe(),
+                    s.size(),
+                    l.digest,
+                    l.compressed_size
+                )));
+            }
+        }
+        Ok(Image {
+            archive,
+            sources,
+            stats: Stats::default(),
+            cache: Mutex::new(None),
+        })
+    }
+
+    /// Opens the archive at `archive_path` with its layers read from the OCI layout
+    /// at `layout` (blobs are looked up by digest).
+    pub fn open_with_layout(archive_path: &Path, layout: &Path) -> Result<Image> {
+        let archive = archive::read(archive_path)?;
+        let mut sources: Vec<Arc<dyn RangeSource>> = Vec::new();
+        for l in &archive.layers {
+            let p = layout.join("blobs").join("sha256").join(l.digest.hex());
+            let src = FileSource::open(&p).map_err(|e| e.with_layer(l.digest))?;
+            sources.push(Arc::new(src));
+        }
+        Image::new(archive, sources)
+    }
+
+    /// The archive.
+    pub fn archive(&self) -> &Archive {
+        &self.archive
+    }
+
+    /// The merged tree.
+    pub fn tree(&self) -> &Tree {
+        &self.archive.tree
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            spans_decoded: self.stats.spans_decoded.load(Ordering::Relaxed),
+            bytes_decoded: self.stats.bytes_decoded.load(Ordering::Relaxed),
+            compressed_bytes_read: self.stats.compressed_bytes_read.load(Ordering::Relaxed),
+            cache_hits: self.stats.cache_hits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Reads up to `buf.len()` bytes of regular file `ino` at `offset`; returns the
+    /// number read (0 at or past the end).
+    pub fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let inode = self
+            .tree()
+            .inode(ino)
+            .ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
+        if inode.kind() != Kind::File {
+            return Err(Error::Invalid(format!("inode {ino} is not a regular file")));
+        }
+        if offset >= inode.size {
+            return Ok(0);
+        }
+        let n = (inode.size - offset).min(buf.len() as u64) as usize;
+        self.read_layer(inode.b as usize, inode.a + offset, &mut buf[..n])?;
+        Ok(n)
+    }
+
+    /// Fills `buf` with uncompressed bytes of layer `layer` at `off`.
+    pub fn read_layer(&self, layer: usize, off: u64, buf: &mut [u8]) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let l = self
+            .archive
+            .layers
+            .get(layer)
+            .ok_or_else(|| Error::NotFound(format!("layer {layer}")))?;
+        let c = &l.codec;
+        let end = off + buf.len() as u64;
+        let (Some(first), Some(last)) = (c.span_at(off), c.span_at(end - 1)) else {
+            return Err(Error::format(format!(
+                "layer {}: range {off}..{end} lies outside its {} bytes",
+                l.digest, c.uncompressed_size
+            )));
+        };
+        let mut i = first;
+        while i <= last {
+            let cp = c.spans[i].checkpoint;
+            let mut j = i;
+            while j < last && c.spans[j + 1].checkpoint == cp {
+                j += 1;
+            }
+            let mut copy = |pos: u64, data: &[u8]| {
+                let lo = pos.max(off);
+                let hi = (pos + data.len() as u64).min(end);
+                if lo < hi {
+                    buf[(lo - off) as usize..(hi - off) as usize]
+                        .copy_from_slice(&data[(lo - pos) as usize..(hi - pos) as usize]);
+                }
+            };
+            if i == j {
+                let data = self.span_bytes(layer, i)?;
+                copy(c.span_range(i).0, &data);
+            } else {
+                self.decode_spans(layer, i, j, &mut |pos, d| {
+                    copy(pos, d);
+                    Ok(())
+                })?;
+            }
+            i = j + 1;
+        }
+        Ok(())
+    }
+
+    /// Streams the whole uncompressed layer in order, verified span by span:
+    /// `sink(offset, bytes)`.
+    pub fn stream_layer(&self, layer: usize, sink: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+        let n = self.archive.layers[layer].codec.spans.len();
+        if n == 0 {
+            return Ok(());
+        }
+        self.decode_spans(layer, 0, n - 1, sink)
+    }
+
+    fn span_bytes(&self, layer: usize, span: usize) -> Result<Arc<Vec<u8>>> {
+        if let Some(c) = &*self.cache.lock().expect("cache lock")
+            && c.layer == layer
+            && c.span == span
+        {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(c.data.clone());
+        }
+        let (s, e) = self.archive.layers[layer].codec.span_range(span);
+        let mut data = Vec::with_capacity((e - s) as usize);
+        self.decode_spans(layer, span, span, &mut |_, d| {
+            data.extend_from_slice(d);
+            Ok(())
+        })?;
+        let data = Arc::new(data);
+        *self.cache.lock().expect("cache lock") = Some(CachedSpan {
+            layer,
+            span,
+            data: data.clone(),
+        });
+        Ok(data)
+    }
+
+    /// Decodes spans `first..=last` in one pass from the first one's checkpoint,
+    /// verifying each span's hash, and hands out `(offset, bytes)` in order.
+    fn decode_spans(
+        &self,
+        layer: usize,
+        first: usize,
+        last: usize,
+        sink: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let l = &self.archive.layers[layer];
+        let c = &l.codec;
+        let source = &*self.sources[layer];
+        let cp = &c.checkpoints[c.spans[first].checkpoint as usize];
+        let (start, _) = c.span_range(first);
+        let (_, end) = c.span_range(last);
+        let (cin, cend) = c.compressed_range(first, last, source.size());
+        let mut reader = RangeReader::new(source, cin, cend);
+        let mut k = first;
+        let mut k_end = c.span_range(k).1;
+        let mut hasher = blake3::Hasher::new();
+        let mut pos = start;
+        let mut verify = |data: &[u8]| -> Result<()> {
+            let mut d = data;
+            while !d.is_empty() {
+                let n = ((k_end - pos) as usize).min(d.len());
+                hasher.update(&d[..n]);
+                sink(pos, &d[..n])?;
+                pos += n as u64;
+                d = &d[n..];
+                if pos == k_end {
+                    let got = hasher.finalize();
+                    if got.as_bytes() != &c.spans[k].hash {
+                        return Err(Error::DigestMismatch {
+                            what: format!("span {k} of layer {} (data fetched from {})", l.digest, source.describe()),
+                            expected: hex::encode(c.spans[k].hash),
+                            actual: got.to_hex().to_string(),
+                        });
+                    }
+                    hasher.reset();
+                    k += 1;
+                    if k <= last {
+                        k_end = c.span_range(k).1;
+                    }
+                }
+            }
+            Ok(())
+        };
+        let produced = codec::decode_stream(
+            l.compression,
+            cp,
+            &mut reader,
+            start - cp.out_offset,
+            end - start,
+            &mut verify,
+        )
+        .map_err(|e| e.with_layer(l.digest))?;
+        self.stats
+            .spans_decoded
+            .fetch_add((last - first + 1) as u64, Ordering::Relaxed);
+        self.stats.bytes_decoded.fetch_add(produced, Ordering::Relaxed);
+        self.stats
+            .compressed_bytes_read
+            .fetch_add(reader.bytes_read, Ordering::Relaxed);
+        Ok(())
+    }
+}

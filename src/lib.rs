@@ -1,0 +1,49 @@
+//! clip: lazy-loading container images.
+//!
+//! clip turns an ordinary OCI image (gzip, zstd or plain tar layers, unconverted)
+//! into a small index-only `.clip` archive: the merged file tree of the image, where
+//! each file's bytes sit in which layer, and decompression checkpoints so that any
+//! byte range can be read by decompressing at most one span of a layer.
+//!
+//! The crate is layered; each module is one concept:
+//!
+//! - [`digest`]: content digests (`sha256:<hex>`), parsed strictly.
+//! - [`oci`]: manifests, indexes, image configs, media types, platform choice.
+//! - [`layout`]: the local OCI image layout (what skopeo, buildah and umoci write).
+//! - [`source`]: [`source::RangeSource`], random access to a blob (pread on a layout
+//!   blob today, HTTP Range on a registry later).
+//! - [`codec`]: decompression with checkpoints: gzip (our own DEFLATE decoder with
+//!   zran-style resume points and sparse windows), zstd frames, plain tar.
+//! - [`tar`]: a push-based tar header parser that never copies payload bytes.
+//! - [`index`]: indexing one layer (one streaming pass: digest, diff_id, checkpoints,
+//!   span hashes, tar entries) and merging layers into one tree (whiteouts, opaque
+//!   directories, hardlinks).
+//! - [`tree`]: the merged file tree, as stored in an archive and served by a mount.
+//! - [`archive`]: the `.clip` file format (see `docs/FORMAT.md`), writer and reader.
+//! - [`image`]: an opened archive bound to its layer sources: read files, extract.
+//! - [`reference`]: image references (`host/repo:tag`, `@sha256:`, `oci:/dir:tag`).
+//! - [`create`]: the high-level "index this image into that archive" operation.
+//!
+//! The `clipctl` binary and the C ABI are thin layers over this API.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod archive;
+pub mod create;
+pub mod codec;
+pub mod digest;
+pub mod error;
+pub mod extract;
+pub mod image;
+pub mod index;
+pub mod layout;
+pub mod oci;
+pub mod reference;
+pub mod source;
+pub mod tar;
+pub mod tree;
+
+pub use error::{Error, Result};
+
+/// The version of this library, as in `Cargo.toml`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,38 @@
+//! Shared test utilities for clip's integration tests.
+//!
+//! - [`TarBuilder`] (`tar_builder`): a hand-made tar writer emitting exactly what it
+//!   is told (raw path bytes, any entry order, PAX / GNU long names, xattrs,
+//!   devices, base-256 numbers).
+//! - [`LayoutBuilder`] (`layout`): writes OCI image layouts (OCI or Docker media
+//!   types, gzip / zstd / plain layers, several tags, multi-platform indexes) and
+//!   corrupts blobs for negative tests.
+//! - [`tree_diff()`] (`tree_diff`): entry-by-entry comparison of two extracted trees.
+//! - [`umoci_unpack`], [`require_tool`] (`tools`): the reference unpacker and
+//!   external tool checks.
+//! - [`tricky_layers`], [`tricky_layout`], [`escaping_layer`] (`fixtures`): the
+//!   fixture catalogue, with what umoci 0.4.7 does on each case.
+#![allow(dead_code, unused_imports)]
+
+pub mod fixtures;
+pub mod layout;
+pub mod tar_builder;
+pub mod tools;
+pub mod tree_diff;
+
+pub use fixtures::*;
+pub use layout::*;
+pub use tar_builder::*;
+pub use tools::*;
+pub use tree_diff::*;
+
+use sha2::{Digest, Sha256};
+
+/// Hex sha256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// `sha256:<hex>` of `data`.
+pub fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(data))
+}
