@@ -99,7 +99,12 @@ pub struct Summary {
 }
 
 /// Indexes the image `tag` of the OCI layout at `layout_dir` into `out`.
-pub fn index_layout(layout_dir: &Path, tag: Option<&str>, out: &Path, opts: &CreateOptions) -> Result<Summary> {
+pub fn index_layout(
+    layout_dir: &Path,
+    tag: Option<&str>,
+    out: &Path,
+    opts: &CreateOptions,
+) -> Result<Summary> {
     check_options(opts)?;
     let layout = Layout::open(layout_dir)?;
     let platform = opts.platform.clone().unwrap_or_else(Platform::host);
@@ -141,7 +146,11 @@ fn check_options(opts: &CreateOptions) -> Result<()> {
 type OpenLayer<'a> = dyn Fn(usize) -> Result<Box<dyn std::io::Read + Send>> + Sync + 'a;
 
 /// Indexes all layers of `image`, `opts.concurrency` at a time.
-fn index_layers(image: &ResolvedImage, opts: &CreateOptions, open: &OpenLayer<'_>) -> Result<Vec<LayerIndex>> {
+fn index_layers(
+    image: &ResolvedImage,
+    opts: &CreateOptions,
+    open: &OpenLayer<'_>,
+) -> Result<Vec<LayerIndex>> {
     let n = image.layers.len();
     let workers = match opts.concurrency {
         0 => std::thread::available_parallelism().map_or(2, |p| p.get()),
@@ -150,7 +159,8 @@ fn index_layers(image: &ResolvedImage, opts: &CreateOptions, open: &OpenLayer<'_
     .min(n.max(1));
     let next = AtomicUsize::new(0);
     let completed = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<LayerIndex>>>> = Mutex::new((0..n).map(|_| None).collect());
+    let results: Mutex<Vec<Option<Result<LayerIndex>>>> =
+        Mutex::new((0..n).map(|_| None).collect());
     let cancel = &opts.cancel;
     std::thread::scope(|s| {
         for _ in 0..workers {
@@ -161,7 +171,10 @@ fn index_layers(image: &ResolvedImage, opts: &CreateOptions, open: &OpenLayer<'_
                         break;
                     }
                     let layer = &image.layers[i];
-                    let event = |stage, done: index::layer::LayerProgress, completed_layers, files| Progress {
+                    let event = |stage,
+                                 done: index::layer::LayerProgress,
+                                 completed_layers,
+                                 files| Progress {
                         stage,
                         layer_index: i + 1,
                         total_layers: n,
@@ -175,17 +188,25 @@ fn index_layers(image: &ResolvedImage, opts: &CreateOptions, open: &OpenLayer<'_
                     if let Some(p) = &opts.progress {
                         p(&event(Stage::Starting, Default::default(), 0, 0));
                     }
-                    let r = open(i).map_err(|e| e.with_layer(layer.desc.digest)).and_then(|mut rd| {
-                        let mut last = std::time::Instant::now();
-                        index::index_layer(&mut *rd, layer, opts.span_size, cancel, &mut |done| {
-                            if let Some(p) = &opts.progress
-                                && last.elapsed() >= std::time::Duration::from_millis(500)
-                            {
-                                last = std::time::Instant::now();
-                                p(&event(Stage::Progress, done, 0, 0));
-                            }
-                        })
-                    });
+                    let r = open(i)
+                        .map_err(|e| e.with_layer(layer.desc.digest))
+                        .and_then(|mut rd| {
+                            let mut last = std::time::Instant::now();
+                            index::index_layer(
+                                &mut *rd,
+                                layer,
+                                opts.span_size,
+                                cancel,
+                                &mut |done| {
+                                    if let Some(p) = &opts.progress
+                                        && last.elapsed() >= std::time::Duration::from_millis(500)
+                                    {
+                                        last = std::time::Instant::now();
+                                        p(&event(Stage::Progress, done, 0, 0));
+                                    }
+                                },
+                            )
+                        });
                     match &r {
                         Ok(li) => {
                             let c = completed.fetch_add(1, Ordering::SeqCst) + 1;
@@ -227,10 +248,14 @@ fn index_layers(image: &ResolvedImage, opts: &CreateOptions, open: &OpenLayer<'_
 }
 
 fn storage_ref(opts: &CreateOptions, image: &ResolvedImage) -> Result<Option<StorageRef>> {
-    let Some(s) = &opts.storage_ref else { return Ok(None) };
+    let Some(s) = &opts.storage_ref else {
+        return Ok(None);
+    };
     match Reference::parse(s)? {
         Reference::Registry(RegistryRef {
-            registry, repository, ..
+            registry,
+            repository,
+            ..
         }) => Ok(Some(StorageRef {
             kind: "oci".into(),
             registry,
@@ -243,7 +268,13 @@ fn storage_ref(opts: &CreateOptions, image: &ResolvedImage) -> Result<Option<Sto
     }
 }
 
-fn finish(image: ResolvedImage, layers: Vec<LayerIndex>, source: String, out: &Path, opts: &CreateOptions) -> Result<Summary> {
+fn finish(
+    image: ResolvedImage,
+    layers: Vec<LayerIndex>,
+    source: String,
+    out: &Path,
+    opts: &CreateOptions,
+) -> Result<Summary> {
     let storage = storage_ref(opts, &image)?;
     let tree = index::merge(&layers)?;
     let summary_layers = layers.len();

@@ -16,16 +16,17 @@ pub struct Digest([u8; 32]);
 impl Digest {
     /// Parses `sha256:<hex>`.
     pub fn parse(s: &str) -> Result<Digest> {
-        let hex = s
-            .strip_prefix("sha256:")
-            .ok_or_else(|| Error::format(format!("digest {s:?}: only sha256 digests are supported")))?;
+        let hex = s.strip_prefix("sha256:").ok_or_else(|| {
+            Error::format(format!("digest {s:?}: only sha256 digests are supported"))
+        })?;
         if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(Error::format(format!(
                 "digest {s:?}: expected 64 lowercase hex digits"
             )));
         }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(hex, &mut out).map_err(|e| Error::format(format!("digest {s:?}: {e}")))?;
+        hex::decode_to_slice(hex, &mut out)
+            .map_err(|e| Error::format(format!("digest {s:?}: {e}")))?;
         Ok(Digest(out))
     }
 
@@ -81,6 +82,19 @@ impl Hasher {
     }
 }
 
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Digest, D::Error> {
+        let s = String::deserialize(d)?;
+        Digest::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,18 +106,5 @@ mod tests {
         assert!(Digest::parse("sha512:00").is_err());
         assert!(Digest::parse("sha256:../../etc/passwd").is_err());
         assert!(Digest::parse(&d.to_string().to_uppercase()).is_err());
-    }
-}
-
-impl serde::Serialize for Digest {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Digest {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Digest, D::Error> {
-        let s = String::deserialize(d)?;
-        Digest::parse(&s).map_err(serde::de::Error::custom)
     }
 }

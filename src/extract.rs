@@ -76,7 +76,12 @@ pub fn extract(image: &Image, dest: &Path, opts: ExtractOptions) -> Result<Extra
     while let Some((dir, dpath)) = stack.pop() {
         for d in tree.children(dir) {
             let name = tree.name(d);
-            if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+            if name.is_empty()
+                || name == b"."
+                || name == b".."
+                || name.contains(&b'/')
+                || name.contains(&0)
+            {
                 return Err(Error::format(format!(
                     "archive names an invalid file name {:?}",
                     String::from_utf8_lossy(name)
@@ -91,7 +96,10 @@ pub fn extract(image: &Image, dest: &Path, opts: ExtractOptions) -> Result<Extra
             }
             match inode.kind() {
                 Kind::Dir => {
-                    fs::DirBuilder::new().mode(0o700).create(&path).ctx("creating directory", &path)?;
+                    fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&path)
+                        .ctx("creating directory", &path)?;
                     stack.push((ino, path.clone()));
                 }
                 Kind::File => {
@@ -150,7 +158,12 @@ pub fn extract(image: &Image, dest: &Path, opts: ExtractOptions) -> Result<Extra
         }
         if opts.xattrs {
             for (name, value) in tree.xattrs_of(*ino) {
-                let r = rustix::fs::lsetxattr(path, OsStr::from_bytes(name), value, XattrFlags::empty());
+                let r = rustix::fs::lsetxattr(
+                    path,
+                    OsStr::from_bytes(name),
+                    value,
+                    XattrFlags::empty(),
+                );
                 if let Err(e) = r {
                     if opts.owners {
                         return Err(errno("setting xattr on", path, e));
@@ -160,15 +173,28 @@ pub fn extract(image: &Image, dest: &Path, opts: ExtractOptions) -> Result<Extra
             }
         }
         if kind != Kind::Symlink {
-            rustix::fs::chmodat(CWD, path, Mode::from_raw_mode(inode.perm()), AtFlags::empty())
-                .map_err(|e| errno("changing mode of", path, e))?;
+            rustix::fs::chmodat(
+                CWD,
+                path,
+                Mode::from_raw_mode(inode.perm()),
+                AtFlags::empty(),
+            )
+            .map_err(|e| errno("changing mode of", path, e))?;
         }
         let t = Timespec {
             tv_sec: inode.mtime,
             tv_nsec: inode.mtime_nsec as _,
         };
-        rustix::fs::utimensat(CWD, path, &Timestamps { last_access: t, last_modification: t }, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| errno("setting times of", path, e))?;
+        rustix::fs::utimensat(
+            CWD,
+            path,
+            &Timestamps {
+                last_access: t,
+                last_modification: t,
+            },
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| errno("setting times of", path, e))?;
     }
     Ok(stats)
 }
@@ -199,7 +225,8 @@ fn write_layer_files(image: &Image, layer: usize, list: &[(u64, u64, PathBuf)]) 
                     cur = Some((f, idx));
                 }
                 let (f, _) = cur.as_mut().expect("set above");
-                f.write_all(&data[(lo - pos) as usize..(hi - pos) as usize]).ctx("writing", path)?;
+                f.write_all(&data[(lo - pos) as usize..(hi - pos) as usize])
+                    .ctx("writing", path)?;
                 written += hi - lo;
             }
             if fend <= end {
@@ -216,7 +243,9 @@ fn write_layer_files(image: &Image, layer: usize, list: &[(u64, u64, PathBuf)]) 
     };
     image.stream_layer(layer, &mut sink)?;
     if idx < list.len() {
-        return Err(Error::format(format!("layer {layer} ended before all files were written")));
+        return Err(Error::format(format!(
+            "layer {layer} ended before all files were written"
+        )));
     }
     Ok(written)
 }

@@ -182,7 +182,11 @@ impl Image {
 
     /// Streams the whole uncompressed layer in order, verified span by span:
     /// `sink(offset, bytes)`.
-    pub fn stream_layer(&self, layer: usize, sink: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+    pub fn stream_layer(
+        &self,
+        layer: usize,
+        sink: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
         let n = self.archive.layers[layer].codec.spans.len();
         if n == 0 {
             return Ok(());
@@ -246,7 +250,11 @@ impl Image {
                     let got = hasher.finalize();
                     if got.as_bytes() != &c.spans[k].hash {
                         return Err(Error::DigestMismatch {
-                            what: format!("span {k} of layer {} (data fetched from {})", l.digest, source.describe()),
+                            what: format!(
+                                "span {k} of layer {} (data fetched from {})",
+                                l.digest,
+                                source.describe()
+                            ),
                             expected: hex::encode(c.spans[k].hash),
                             actual: got.to_hex().to_string(),
                         });
@@ -272,7 +280,9 @@ impl Image {
         self.stats
             .spans_decoded
             .fetch_add((last - first + 1) as u64, Ordering::Relaxed);
-        self.stats.bytes_decoded.fetch_add(produced, Ordering::Relaxed);
+        self.stats
+            .bytes_decoded
+            .fetch_add(produced, Ordering::Relaxed);
         self.stats
             .compressed_bytes_read
             .fetch_add(reader.bytes_read, Ordering::Relaxed);

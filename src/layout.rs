@@ -56,7 +56,9 @@ impl Layout {
         let manifests = match oci::parse_manifest_or_index(&bytes, "index.json").map_err(wrap)? {
             ManifestKind::Index(m) => m,
             ManifestKind::Manifest(_) => {
-                return Err(wrap(Error::format("index.json is a manifest, not an index")));
+                return Err(wrap(Error::format(
+                    "index.json is a manifest, not an index",
+                )));
             }
         };
         Ok(Layout {
@@ -94,7 +96,11 @@ impl Layout {
                     let tags = self.tags();
                     wrap(Error::NotFound(format!(
                         "tag {t:?} not found in layout (tags: {})",
-                        if tags.is_empty() { "none".into() } else { tags.join(", ") }
+                        if tags.is_empty() {
+                            "none".into()
+                        } else {
+                            tags.join(", ")
+                        }
                     )))
                 })?,
             None => match self.manifests.as_slice() {

@@ -29,8 +29,8 @@
 #![warn(missing_docs)]
 
 pub mod archive;
-pub mod create;
 pub mod codec;
+pub mod create;
 pub mod digest;
 pub mod error;
 pub mod extract;

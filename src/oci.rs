@@ -270,7 +270,11 @@ pub fn parse_manifest_or_index(bytes: &[u8], what: &str) -> Result<ManifestKind>
 }
 
 /// Picks the manifest for `platform` from an index, or explains what is there.
-pub fn select_platform<'a>(manifests: &'a [Desc], platform: &Platform, what: &str) -> Result<&'a Desc> {
+pub fn select_platform<'a>(
+    manifests: &'a [Desc],
+    platform: &Platform,
+    what: &str,
+) -> Result<&'a Desc> {
     manifests
         .iter()
         .filter(|d| !d.is_index())
@@ -282,7 +286,11 @@ pub fn select_platform<'a>(manifests: &'a [Desc], platform: &Platform, what: &st
                 .collect();
             Error::NotFound(format!(
                 "{what}: no image for platform {platform} (available: {})",
-                if have.is_empty() { "none".into() } else { have.join(", ") }
+                if have.is_empty() {
+                    "none".into()
+                } else {
+                    have.join(", ")
+                }
             ))
         })
 }
@@ -384,7 +392,8 @@ mod tests {
     #[test]
     fn media_types() {
         assert_eq!(
-            Compression::from_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip").unwrap(),
+            Compression::from_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip")
+                .unwrap(),
             Compression::Gzip
         );
         assert!(Compression::from_media_type("text/plain").is_err());
@@ -419,7 +428,11 @@ pub struct ResolvedImage {
 
 impl ResolvedImage {
     /// Pairs manifest layers with config diff_ids, checking that they agree.
-    pub fn new(manifest_digest: Digest, manifest: Manifest, config: ImageConfig) -> Result<ResolvedImage> {
+    pub fn new(
+        manifest_digest: Digest,
+        manifest: Manifest,
+        config: ImageConfig,
+    ) -> Result<ResolvedImage> {
         if manifest.layers.len() != config.diff_ids.len() {
             return Err(Error::format(format!(
                 "manifest {manifest_digest} has {} layers but its config lists {} diff_ids",

@@ -68,11 +68,15 @@ impl Reference {
         if let Some(rest) = s.strip_prefix("oci:") {
             // oci:/path[:tag]; the tag is after the last ':' if that is after the last '/'.
             let (path, tag) = match rest.rfind(':') {
-                Some(i) if i > rest.rfind('/').unwrap_or(0) => (&rest[..i], Some(rest[i + 1..].to_string())),
+                Some(i) if i > rest.rfind('/').unwrap_or(0) => {
+                    (&rest[..i], Some(rest[i + 1..].to_string()))
+                }
                 _ => (rest, None),
             };
             if path.is_empty() {
-                return Err(Error::Invalid(format!("reference {s:?}: empty layout path")));
+                return Err(Error::Invalid(format!(
+                    "reference {s:?}: empty layout path"
+                )));
             }
             return Ok(Reference::Layout {
                 path: PathBuf::from(path),
@@ -86,22 +90,31 @@ impl Reference {
 fn parse_registry(s: &str) -> Result<RegistryRef> {
     let bad = |m: &str| Error::Invalid(format!("reference {s:?}: {m}"));
     let (name, digest) = match s.split_once('@') {
-        Some((n, d)) => (n, Some(Digest::parse(d).map_err(|_| bad("invalid digest"))?)),
+        Some((n, d)) => (
+            n,
+            Some(Digest::parse(d).map_err(|_| bad("invalid digest"))?),
+        ),
         None => (s, None),
     };
     let (name, tag) = match name.rfind(':') {
-        Some(i) if i > name.rfind('/').unwrap_or(0) => (&name[..i], Some(name[i + 1..].to_string())),
+        Some(i) if i > name.rfind('/').unwrap_or(0) => {
+            (&name[..i], Some(name[i + 1..].to_string()))
+        }
         _ => (name, None),
     };
     if let Some(t) = &tag
         && (t.is_empty()
             || t.len() > 128
-            || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)))
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)))
     {
         return Err(bad("invalid tag"));
     }
     let (registry, repo) = match name.split_once('/') {
-        Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+        Some((first, rest))
+            if first.contains('.') || first.contains(':') || first == "localhost" =>
+        {
             (first.to_string(), rest.to_string())
         }
         _ => (DOCKER_HUB.to_string(), name.to_string()),
@@ -124,7 +137,11 @@ fn parse_registry(s: &str) -> Result<RegistryRef> {
     {
         return Err(bad("invalid repository name"));
     }
-    let tag = if tag.is_none() && digest.is_none() { Some("latest".into()) } else { tag };
+    let tag = if tag.is_none() && digest.is_none() {
+        Some("latest".into())
+    } else {
+        tag
+    };
     Ok(RegistryRef {
         registry,
         repository,
@@ -156,11 +173,17 @@ mod tests {
         assert!(Reference::parse("UPPER/case").is_err());
         assert_eq!(
             Reference::parse("oci:/tmp/l:v1").unwrap(),
-            Reference::Layout { path: "/tmp/l".into(), tag: Some("v1".into()) }
+            Reference::Layout {
+                path: "/tmp/l".into(),
+                tag: Some("v1".into())
+            }
         );
         assert_eq!(
             Reference::parse("oci:/tmp/l").unwrap(),
-            Reference::Layout { path: "/tmp/l".into(), tag: None }
+            Reference::Layout {
+                path: "/tmp/l".into(),
+                tag: None
+            }
         );
     }
 }

@@ -215,7 +215,10 @@ fn u32_le(r: &[u8], o: usize) -> u32 {
 impl Tree {
     /// The inode `ino`, if it exists.
     pub fn inode(&self, ino: u64) -> Option<&Inode> {
-        usize::try_from(ino).ok()?.checked_sub(1).and_then(|i| self.inodes.get(i))
+        usize::try_from(ino)
+            .ok()?
+            .checked_sub(1)
+            .and_then(|i| self.inodes.get(i))
     }
 
     /// Bytes of the string table at `off..off+len` (empty if out of range, which a
@@ -252,7 +255,10 @@ impl Tree {
     /// Resolves a `/`-separated path from the root without following symlinks.
     pub fn resolve(&self, path: &[u8]) -> Option<u64> {
         let mut ino = ROOT_INO;
-        for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".") {
+        for comp in path
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+        {
             ino = self.lookup(ino, comp)?;
         }
         Some(ino)
@@ -268,7 +274,9 @@ impl Tree {
 
     /// The xattrs of `ino` as (name, value) pairs.
     pub fn xattrs_of(&self, ino: u64) -> Vec<(&[u8], &[u8])> {
-        let Some(i) = self.inode(ino) else { return Vec::new() };
+        let Some(i) = self.inode(ino) else {
+            return Vec::new();
+        };
         let s = i.xattr_start as usize;
         self.xattrs
             .get(s..s + i.xattr_count as usize)
@@ -317,9 +325,18 @@ impl Tree {
     /// Rebuilds a tree from its serialized tables and validates it completely, so
     /// that no later access can go out of range. `layers` is the number of data
     /// sources file inodes may name.
-    pub fn decode(inodes: &[u8], dirents: &[u8], xattrs: &[u8], strings: Vec<u8>, layers: u32) -> Result<Tree> {
+    pub fn decode(
+        inodes: &[u8],
+        dirents: &[u8],
+        xattrs: &[u8],
+        strings: Vec<u8>,
+        layers: u32,
+    ) -> Result<Tree> {
         let bad = |m: String| Err(Error::format(format!("archive tree: {m}")));
-        if inodes.len() % INODE_SIZE != 0 || dirents.len() % DIRENT_SIZE != 0 || xattrs.len() % XATTR_SIZE != 0 {
+        if inodes.len() % INODE_SIZE != 0
+            || dirents.len() % DIRENT_SIZE != 0
+            || xattrs.len() % XATTR_SIZE != 0
+        {
             return bad("table sizes are not whole records".into());
         }
         let tree = Tree {
@@ -357,39 +374,46 @@ impl Tree {
             if (i.xattr_start as u64 + i.xattr_count as u64) > tree.xattrs.len() as u64 {
                 return bad(format!("inode {ino}: xattrs out of range"));
             }
-            match i.kind() {
+            let bad_range = match i.kind() {
                 Kind::Dir => {
-                    if i.a + i.b as u64 > tree.dirents.len() as u64 || i.parent == 0 || i.parent as u64 > n {
-                        return bad(format!("directory {ino}: entries out of range"));
-                    }
+                    i.a + i.b as u64 > tree.dirents.len() as u64
+                        || i.parent == 0
+                        || i.parent as u64 > n
                 }
-                Kind::File => {
-                    if i.b >= layers {
-                        return bad(format!("file {ino}: names layer {} of {layers}", i.b));
-                    }
-                }
-                Kind::Symlink => {
-                    if !in_strings(i.a, i.size) {
-                        return bad(format!("symlink {ino}: target out of range"));
-                    }
-                }
-                _ => {}
+                Kind::File => i.b >= layers,
+                Kind::Symlink => !in_strings(i.a, i.size),
+                _ => false,
+            };
+            if bad_range {
+                return bad(format!(
+                    "inode {ino} ({:?}): data, entries or layer out of range",
+                    i.kind()
+                ));
             }
         }
         for d in &tree.dirents {
-            if d.ino == 0 || d.ino as u64 > n || d.ino == 1 || !in_strings(d.name_off as u64, d.name_len as u64) {
+            if d.ino == 0
+                || d.ino as u64 > n
+                || d.ino == 1
+                || !in_strings(d.name_off as u64, d.name_len as u64)
+            {
                 return bad("directory entry out of range".into());
             }
         }
         for x in &tree.xattrs {
-            if !in_strings(x.name_off as u64, x.name_len as u64) || !in_strings(x.value_off as u64, x.value_len as u64) {
+            if !in_strings(x.name_off as u64, x.name_len as u64)
+                || !in_strings(x.value_off as u64, x.value_len as u64)
+            {
                 return bad("xattr out of range".into());
             }
         }
         // Names within each directory must be sorted and unique (lookups bisect).
         for i in tree.inodes.iter().filter(|i| i.kind() == Kind::Dir) {
             let ents = &tree.dirents[i.a as usize..(i.a + i.b as u64) as usize];
-            if ents.windows(2).any(|w| tree.name(&w[0]) >= tree.name(&w[1])) {
+            if ents
+                .windows(2)
+                .any(|w| tree.name(&w[0]) >= tree.name(&w[1]))
+            {
                 return bad("directory entries not sorted".into());
             }
         }

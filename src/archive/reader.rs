@@ -29,7 +29,10 @@ pub fn read(path: &Path) -> Result<Archive> {
 pub fn parse(bytes: &[u8]) -> Result<Archive> {
     let bad = |m: String| Error::format(format!("not a valid clip archive: {m}"));
     if bytes.len() < HEADER_SIZE {
-        return Err(bad(format!("{} bytes is shorter than the header", bytes.len())));
+        return Err(bad(format!(
+            "{} bytes is shorter than the header",
+            bytes.len()
+        )));
     }
     if bytes[..8] != MAGIC {
         return Err(bad("wrong magic bytes".into()));
@@ -78,7 +81,9 @@ pub fn parse(bytes: &[u8]) -> Result<Archive> {
         let known = SectionId::from_u32(id);
         if known.is_none() {
             if sflags & FLAG_REQUIRED != 0 {
-                return Err(bad(format!("unknown required section {id} (written by a newer clip?)")));
+                return Err(bad(format!(
+                    "unknown required section {id} (written by a newer clip?)"
+                )));
             }
             continue;
         }
@@ -94,7 +99,9 @@ pub fn parse(bytes: &[u8]) -> Result<Archive> {
             .map(|end| &bytes[off as usize..end as usize])
             .ok_or_else(|| bad(format!("section {id} lies outside the file")))?;
         if checksum(stored) != sum {
-            return Err(bad(format!("section {id} checksum mismatch (corrupt file)")));
+            return Err(bad(format!(
+                "section {id} checksum mismatch (corrupt file)"
+            )));
         }
         if raw_len > MAX_SECTION {
             return Err(bad(format!("section {id} is too large ({raw_len} bytes)")));
@@ -131,20 +138,28 @@ pub fn parse(bytes: &[u8]) -> Result<Archive> {
     }
     let mut layers = Vec::with_capacity(layer_metas.len());
     for lm in layer_metas {
-        let range = |[start, n]: [u64; 2], rec: usize, total: usize| -> Result<std::ops::Range<usize>> {
-            let end = start.checked_add(n).filter(|&e| e <= (total / rec) as u64);
-            end.map(|e| start as usize * rec..e as usize * rec)
-                .ok_or_else(|| bad(format!("layer {}: records out of range", lm.digest)))
-        };
+        let range =
+            |[start, n]: [u64; 2], rec: usize, total: usize| -> Result<std::ops::Range<usize>> {
+                let end = start.checked_add(n).filter(|&e| e <= (total / rec) as u64);
+                end.map(|e| start as usize * rec..e as usize * rec)
+                    .ok_or_else(|| bad(format!("layer {}: records out of range", lm.digest)))
+            };
         let mut codec = CodecIndex {
             uncompressed_size: lm.uncompressed_size,
             ..Default::default()
         };
-        for r in cps[range(lm.checkpoints, CHECKPOINT_SIZE, cps.len())?].chunks_exact(CHECKPOINT_SIZE) {
+        for r in
+            cps[range(lm.checkpoints, CHECKPOINT_SIZE, cps.len())?].chunks_exact(CHECKPOINT_SIZE)
+        {
             let kind = match r[17] {
                 0 => CheckpointKind::Start,
                 1 => CheckpointKind::Block,
-                k => return Err(bad(format!("layer {}: unknown checkpoint kind {k}", lm.digest))),
+                k => {
+                    return Err(bad(format!(
+                        "layer {}: unknown checkpoint kind {k}",
+                        lm.digest
+                    )));
+                }
             };
             let wlen = le_u32(r, 20) as u64;
             let woff = le_u64(r, 24);
@@ -194,7 +209,11 @@ pub fn parse(bytes: &[u8]) -> Result<Archive> {
     for (i, ino) in tree.inodes.iter().enumerate() {
         if ino.kind() == crate::tree::Kind::File {
             let l = &layers[ino.b as usize];
-            if ino.a.checked_add(ino.size).is_none_or(|e| e > l.codec.uncompressed_size) {
+            if ino
+                .a
+                .checked_add(ino.size)
+                .is_none_or(|e| e > l.codec.uncompressed_size)
+            {
                 return Err(bad(format!("file inode {} lies outside its layer", i + 1)));
             }
         }

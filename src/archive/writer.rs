@@ -20,7 +20,8 @@ struct Section {
 fn section(id: SectionId, raw: Vec<u8>, compress: bool) -> Result<Section> {
     let raw_len = raw.len() as u64;
     if compress && raw.len() > 64 {
-        let z = zstd::bulk::compress(&raw, ZSTD_LEVEL).map_err(|e| Error::format(format!("compressing: {e}")))?;
+        let z = zstd::bulk::compress(&raw, ZSTD_LEVEL)
+            .map_err(|e| Error::format(format!("compressing: {e}")))?;
         return Ok(Section {
             id,
             flags: FLAG_REQUIRED | FLAG_ZSTD,
@@ -122,7 +123,8 @@ pub fn write(archive: &Archive, path: &Path) -> Result<u64> {
         .tempfile_in(dir)
         .ctx("creating a temporary file in", dir)?;
     let mut w = BufWriter::new(tmp.as_file());
-    w.write_all(&[0u8; HEADER_SIZE]).ctx("writing", tmp.path())?;
+    w.write_all(&[0u8; HEADER_SIZE])
+        .ctx("writing", tmp.path())?;
     let mut offset = HEADER_SIZE as u64;
     let mut table = Vec::with_capacity(sections.len() * SECTION_ENTRY_SIZE);
     for s in &sections {
@@ -154,6 +156,7 @@ pub fn write(archive: &Archive, path: &Path) -> Result<u64> {
     f.seek(SeekFrom::Start(0)).ctx("writing", tmp.path())?;
     f.write_all(&header).ctx("writing", tmp.path())?;
     f.sync_all().ctx("syncing", tmp.path())?;
-    tmp.persist(path).map_err(|e| Error::io("renaming into", path, e.error))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("renaming into", path, e.error))?;
     Ok(total)
 }

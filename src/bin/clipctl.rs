@@ -16,7 +16,11 @@ use clip::oci::Platform;
 use clip::tree::{Kind, Tree};
 
 #[derive(Parser)]
-#[command(name = "clipctl", version, about = "Lazy-loading container images: index, inspect, read")]
+#[command(
+    name = "clipctl",
+    version,
+    about = "Lazy-loading container images: index, inspect, read"
+)]
 struct Cli {
     /// Log level (error, warn, info, debug, trace); also CLIP_LOG_LEVEL.
     #[arg(long, global = true)]
@@ -134,7 +138,10 @@ fn parse_size(s: &str) -> Result<u64> {
     } else {
         (s, 1)
     };
-    let n: u64 = num.trim().parse().with_context(|| format!("invalid size {s:?}"))?;
+    let n: u64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("invalid size {s:?}"))?;
     Ok(n * mult)
 }
 
@@ -156,7 +163,12 @@ impl IndexArgs {
                 };
                 eprintln!(
                     "layer {}/{} {stage} {}: {} of {} compressed bytes, {} uncompressed",
-                    p.layer_index, p.total_layers, p.layer_digest, p.compressed_done, p.compressed_total, p.uncompressed_done
+                    p.layer_index,
+                    p.total_layers,
+                    p.layer_digest,
+                    p.compressed_done,
+                    p.compressed_total,
+                    p.uncompressed_done
                 );
             }));
         }
@@ -178,10 +190,16 @@ fn main() -> ExitCode {
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("clipctl: error: {e:#}");
+            // clip errors already name their causes; anyhow's chain would repeat them.
+            match e.downcast_ref::<clip::Error>() {
+                Some(ce) => eprintln!("clipctl: error: {ce}"),
+                None => eprintln!("clipctl: error: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -189,8 +207,19 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::IndexLayout { layout, tag, out, storage_ref, idx } => {
-            let s = clip::create::index_layout(&layout, tag.as_deref(), &out, &idx.options(storage_ref)?)?;
+        Cmd::IndexLayout {
+            layout,
+            tag,
+            out,
+            storage_ref,
+            idx,
+        } => {
+            let s = clip::create::index_layout(
+                &layout,
+                tag.as_deref(),
+                &out,
+                &idx.options(storage_ref)?,
+            )?;
             eprintln!(
                 "wrote {} ({} bytes): {} layers, {} inodes, manifest {}",
                 out.display(),
@@ -200,22 +229,50 @@ fn run(cmd: Cmd) -> Result<()> {
                 s.manifest_digest
             );
         }
-        Cmd::Create { image_ref, out, storage_ref, idx } => {
+        Cmd::Create {
+            image_ref,
+            out,
+            storage_ref,
+            idx,
+        } => {
             let s = clip::create::create_from_image(&image_ref, &out, &idx.options(storage_ref)?)?;
-            eprintln!("wrote {} ({} bytes): {} layers, {} inodes", out.display(), s.archive_size, s.layers, s.inodes);
+            eprintln!(
+                "wrote {} ({} bytes): {} layers, {} inodes",
+                out.display(),
+                s.archive_size,
+                s.layers,
+                s.inodes
+            );
         }
         Cmd::Inspect { archive, json } => inspect(&archive, json)?,
-        Cmd::Ls { archive, path, recursive } => {
+        Cmd::Ls {
+            archive,
+            path,
+            recursive,
+        } => {
             let a = clip::archive::read(&archive)?;
             let path = path.unwrap_or_else(|| "/".into());
-            let ino = a.tree.resolve(path.as_bytes()).with_context(|| format!("{path}: no such file in the image"))?;
+            let ino = a
+                .tree
+                .resolve(path.as_bytes())
+                .with_context(|| format!("{path}: no such file in the image"))?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             ls(&a.tree, ino, &path, recursive, &mut out)?;
             out.flush()?;
         }
-        Cmd::Cat { archive, path, layout, offset, length, stats } => {
+        Cmd::Cat {
+            archive,
+            path,
+            layout,
+            offset,
+            length,
+            stats,
+        } => {
             let img = Image::open_with_layout(&archive, &layout)?;
-            let ino = img.tree().resolve(path.as_bytes()).with_context(|| format!("{path}: no such file in the image"))?;
+            let ino = img
+                .tree()
+                .resolve(path.as_bytes())
+                .with_context(|| format!("{path}: no such file in the image"))?;
             let inode = img.tree().inode(ino).expect("resolved");
             if inode.kind() != Kind::File {
                 bail!("{path}: not a regular file");
@@ -235,10 +292,20 @@ fn run(cmd: Cmd) -> Result<()> {
                 eprintln!("{}", serde_json::to_string(&img.stats())?);
             }
         }
-        Cmd::Extract { archive, dest, layout, stats } => {
+        Cmd::Extract {
+            archive,
+            dest,
+            layout,
+            stats,
+        } => {
             let img = Image::open_with_layout(&archive, &layout)?;
             let s = extract(&img, &dest, ExtractOptions::default())?;
-            eprintln!("extracted {} inodes, {} bytes into {}", s.inodes, s.bytes, dest.display());
+            eprintln!(
+                "extracted {} inodes, {} bytes into {}",
+                s.inodes,
+                s.bytes,
+                dest.display()
+            );
             if stats {
                 eprintln!("{}", serde_json::to_string(&img.stats())?);
             }
@@ -254,12 +321,36 @@ fn inspect(path: &std::path::Path, json: bool) -> Result<()> {
         .layers
         .iter()
         .map(|l| {
-            let block = l.codec.checkpoints.iter().filter(|c| c.kind == clip::codec::CheckpointKind::Block).count();
-            let window_bytes: usize = l.codec.checkpoints.iter().filter_map(|c| c.window.as_ref()).map(|w| w.len()).sum();
-            let max_span = (0..l.codec.spans.len()).map(|i| { let (s, e) = l.codec.span_range(i); e - s }).max().unwrap_or(0);
-            let own = l.codec.spans.iter().enumerate().filter(|(i, s)| {
-                l.codec.checkpoints[s.checkpoint as usize].out_offset == l.codec.span_range(*i).0
-            }).count();
+            let block = l
+                .codec
+                .checkpoints
+                .iter()
+                .filter(|c| c.kind == clip::codec::CheckpointKind::Block)
+                .count();
+            let window_bytes: usize = l
+                .codec
+                .checkpoints
+                .iter()
+                .filter_map(|c| c.window.as_ref())
+                .map(|w| w.len())
+                .sum();
+            let max_span = (0..l.codec.spans.len())
+                .map(|i| {
+                    let (s, e) = l.codec.span_range(i);
+                    e - s
+                })
+                .max()
+                .unwrap_or(0);
+            let own = l
+                .codec
+                .spans
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| {
+                    l.codec.checkpoints[s.checkpoint as usize].out_offset
+                        == l.codec.span_range(*i).0
+                })
+                .count();
             serde_json::json!({
                 "digest": l.digest.to_string(),
                 "media_type": l.media_type,
@@ -288,16 +379,37 @@ fn inspect(path: &std::path::Path, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("archive:   {} ({size} bytes, format v{})", path.display(), clip::archive::FORMAT_VERSION);
-    println!("image:     {} ({})", a.meta.manifest_digest, a.meta.platform);
+    println!(
+        "archive:   {} ({size} bytes, format v{})",
+        path.display(),
+        clip::archive::FORMAT_VERSION
+    );
+    println!(
+        "image:     {} ({})",
+        a.meta.manifest_digest, a.meta.platform
+    );
     println!("source:    {}", a.meta.source);
     match &a.meta.storage {
-        Some(s) => println!("storage:   {} {}/{}@{}", s.kind, s.registry, s.repository, s.reference),
+        Some(s) => println!(
+            "storage:   {} {}/{}@{}",
+            s.kind, s.registry, s.repository, s.reference
+        ),
         None => println!("storage:   (none recorded; mount with a layout)"),
     }
-    println!("files:     {} inodes, {} entries", a.tree.inodes.len(), a.tree.dirents.len());
+    println!(
+        "files:     {} inodes, {} entries",
+        a.tree.inodes.len(),
+        a.tree.dirents.len()
+    );
     let c = &a.meta.config;
-    println!("config:    entrypoint={:?} cmd={:?} user={:?} workdir={:?} env={}", c.entrypoint, c.cmd, c.user, c.working_dir, c.env.len());
+    println!(
+        "config:    entrypoint={:?} cmd={:?} user={:?} workdir={:?} env={}",
+        c.entrypoint,
+        c.cmd,
+        c.user,
+        c.working_dir,
+        c.env.len()
+    );
     for (i, l) in layers.iter().enumerate() {
         println!(
             "layer {i}:   {} {} {} -> {} bytes, {} checkpoints ({} in-stream), {} spans ({} with their own checkpoint), windows {} bytes",
@@ -325,8 +437,15 @@ fn ls(tree: &Tree, ino: u64, path: &str, recursive: bool, out: &mut dyn Write) -
     for d in tree.children(ino) {
         let name = String::from_utf8_lossy(tree.name(d)).into_owned();
         ls_line(tree, d.ino as u64, &name, out)?;
-        if recursive && tree.inode(d.ino as u64).is_some_and(|i| i.kind() == Kind::Dir) {
-            subdirs.push((d.ino as u64, format!("{}/{}", path.trim_end_matches('/'), name)));
+        if recursive
+            && tree
+                .inode(d.ino as u64)
+                .is_some_and(|i| i.kind() == Kind::Dir)
+        {
+            subdirs.push((
+                d.ino as u64,
+                format!("{}/{}", path.trim_end_matches('/'), name),
+            ));
         }
     }
     for (ino, p) in subdirs {
@@ -355,9 +474,15 @@ fn ls_line(tree: &Tree, ino: u64, name: &str, out: &mut dyn Write) -> Result<()>
         (false, false) => '-',
     };
     let perms: String = [
-        bit(0o400, 'r'), bit(0o200, 'w'), x(0o100, 0o4000, 's', 'S'),
-        bit(0o040, 'r'), bit(0o020, 'w'), x(0o010, 0o2000, 's', 'S'),
-        bit(0o004, 'r'), bit(0o002, 'w'), x(0o001, 0o1000, 't', 'T'),
+        bit(0o400, 'r'),
+        bit(0o200, 'w'),
+        x(0o100, 0o4000, 's', 'S'),
+        bit(0o040, 'r'),
+        bit(0o020, 'w'),
+        x(0o010, 0o2000, 's', 'S'),
+        bit(0o004, 'r'),
+        bit(0o002, 'w'),
+        x(0o001, 0o1000, 't', 'T'),
     ]
     .iter()
     .collect();
@@ -373,6 +498,10 @@ fn ls_line(tree: &Tree, ino: u64, name: &str, out: &mut dyn Write) -> Result<()>
     } else {
         String::new()
     };
-    writeln!(out, "{t}{perms} {:>3} {:>5} {:>5} {:>10} {:>11} {name}{target}", i.nlink, i.uid, i.gid, size, i.mtime)?;
+    writeln!(
+        out,
+        "{t}{perms} {:>3} {:>5} {:>5} {:>10} {:>11} {name}{target}",
+        i.nlink, i.uid, i.gid, size, i.mtime
+    )?;
     Ok(())
 }

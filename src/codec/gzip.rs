@@ -10,7 +10,9 @@
 use super::inflate::{Inflater, Status, WINDOW_SIZE};
 use std::io::Read;
 
-use super::{Boundary, Checkpoint, CheckpointKind, CodecIndex, Limit, SpanBuilder, StreamIndexer, read_some};
+use super::{
+    Boundary, Checkpoint, CheckpointKind, CodecIndex, Limit, SpanBuilder, StreamIndexer, read_some,
+};
 use crate::error::{Error, Result};
 
 /// Parses a gzip member header at the start of `buf`. `Ok(None)`: more bytes needed.
@@ -29,7 +31,10 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<usize>> {
         return Err(Error::format("not a gzip stream (bad magic)"));
     }
     if buf[2] != 8 {
-        return Err(Error::format(format!("gzip: unknown compression method {}", buf[2])));
+        return Err(Error::format(format!(
+            "gzip: unknown compression method {}",
+            buf[2]
+        )));
     }
     let flags = buf[3];
     if flags & 0xe0 != 0 {
@@ -37,7 +42,9 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<usize>> {
     }
     let mut p = 10usize;
     if flags & FEXTRA != 0 {
-        let Some(x) = buf.get(p..p + 2) else { return Ok(None) };
+        let Some(x) = buf.get(p..p + 2) else {
+            return Ok(None);
+        };
         p += 2 + u16::from_le_bytes([x[0], x[1]]) as usize;
         if buf.len() < p {
             return Ok(None);
@@ -133,7 +140,8 @@ impl GzipIndexer {
                     if input.is_empty() {
                         return Ok(());
                     }
-                    self.pending_base = self.hist_base + self.hist.len() as u64 - input.len() as u64;
+                    self.pending_base =
+                        self.hist_base + self.hist.len() as u64 - input.len() as u64;
                     self.state = State::Header;
                 }
                 State::Header => {
@@ -167,7 +175,9 @@ impl GzipIndexer {
                     let status = inf
                         .decode()
                         .map_err(|e| Error::format(format!("gzip member {}: {e}", self.members)))?;
-                    let State::Deflate(inf) = &mut self.state else { unreachable!() };
+                    let State::Deflate(inf) = &mut self.state else {
+                        unreachable!()
+                    };
                     let out = inf.output().to_vec();
                     inf.consume_output();
                     let bits = inf.total_in_bits();
@@ -260,7 +270,9 @@ impl GzipIndexer {
                 match st {
                     Status::NeedInput if !finished => break,
                     Status::NeedInput => {
-                        return Err(Error::format("gzip: stream ended inside a checkpoint window"));
+                        return Err(Error::format(
+                            "gzip: stream ended inside a checkpoint window",
+                        ));
                     }
                     Status::StreamEnd if job.inflater.window_use().is_none() => {
                         return Err(Error::format("gzip: window tracking did not finish"));
@@ -299,7 +311,10 @@ impl StreamIndexer for GzipIndexer {
         self.run_jobs(false)
     }
 
-    fn finish(mut self: Box<Self>, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<CodecIndex> {
+    fn finish(
+        mut self: Box<Self>,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<CodecIndex> {
         if let State::Deflate(inf) = &mut self.state {
             inf.finish_input();
             self.run(&[], sink)?;
@@ -323,10 +338,19 @@ const READ_CHUNK: usize = 256 << 10;
 
 /// Decodes from checkpoint `cp`, reading compressed bytes from `input` (which starts
 /// at `cp.in_offset`), until `out` has everything it wants.
-pub(crate) fn decode_stream(cp: &Checkpoint, input: &mut dyn Read, out: &mut Limit<'_>) -> Result<()> {
+pub(crate) fn decode_stream(
+    cp: &Checkpoint,
+    input: &mut dyn Read,
+    out: &mut Limit<'_>,
+) -> Result<()> {
     let mut buf = vec![0u8; READ_CHUNK];
     let mut eof = false;
-    fn fill(input: &mut dyn Read, buf: &mut [u8], inf: &mut Inflater, eof: &mut bool) -> Result<()> {
+    fn fill(
+        input: &mut dyn Read,
+        buf: &mut [u8],
+        inf: &mut Inflater,
+        eof: &mut bool,
+    ) -> Result<()> {
         let n = read_some(input, buf)?;
         if n == 0 {
             *eof = true;
@@ -356,9 +380,12 @@ pub(crate) fn decode_stream(cp: &Checkpoint, input: &mut dyn Read, out: &mut Lim
     };
     inf.set_stop_at_block_end(true);
     loop {
-        let st = inf
-            .decode()
-            .map_err(|e| Error::format(format!("gzip: decoding from checkpoint at {}: {e}", cp.in_offset)))?;
+        let st = inf.decode().map_err(|e| {
+            Error::format(format!(
+                "gzip: decoding from checkpoint at {}: {e}",
+                cp.in_offset
+            ))
+        })?;
         let done = out.put(inf.output())?;
         inf.consume_output();
         if done {
@@ -383,7 +410,9 @@ pub(crate) fn decode_stream(cp: &Checkpoint, input: &mut dyn Read, out: &mut Lim
                     }
                     let n = if eof { 0 } else { read_some(input, &mut buf)? };
                     if n == 0 {
-                        return Err(Error::format("gzip: stream ends before the requested range"));
+                        return Err(Error::format(
+                            "gzip: stream ends before the requested range",
+                        ));
                     }
                     rest.extend_from_slice(&buf[..n]);
                 }

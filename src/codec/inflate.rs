@@ -310,11 +310,8 @@ fn build_table(lens: &[u8], table: &mut [u32], main_bits: u32, kind: Kind) -> Re
         table[..main_size].fill(INVALID);
         return Ok(());
     }
-    if left > 0 {
-        if kind == Kind::Precode || max != 1 {
-            return Err(());
-        }
-        table[..main_size].fill(INVALID);
+    if left > 0 && (kind == Kind::Precode || max != 1) {
+        return Err(());
     }
     // Symbols sorted by (code length, symbol): canonical code order.
     let mut offs = [0u16; 16];
@@ -336,16 +333,21 @@ fn build_table(lens: &[u8], table: &mut [u32], main_bits: u32, kind: Kind) -> Re
     let mut cur_prefix = u32::MAX;
     let (mut sub_start, mut sub_bits) = (0usize, 0u32);
     let mut next_free = main_size;
+    // The main table is built by doubling: while codes of length `len` are placed,
+    // `table[..1 << len]` is complete for all codes up to that length (a code's
+    // entry repeats every `1 << len` slots); going to `len + 1` copies that half.
+    table[0] = INVALID;
+    let mut filled_len = 0;
     for &sym in &sorted[..ncodes] {
         let sym = usize::from(sym);
         let len = u32::from(lens[sym] & 15);
+        while filled_len < len.min(main_bits) {
+            let n = 1usize << filled_len;
+            table.copy_within(0..n, n);
+            filled_len += 1;
+        }
         if len <= main_bits {
-            let e = entry_for(kind, sym, len);
-            let mut j = code as usize;
-            while j < main_size {
-                table[j] = e;
-                j += 1 << len;
-            }
+            table[code as usize] = entry_for(kind, sym, len);
         } else {
             let prefix = code & main_mask;
             if prefix != cur_prefix {
@@ -392,6 +394,11 @@ fn build_table(lens: &[u8], table: &mut [u32], main_bits: u32, kind: Kind) -> Re
         } else {
             0
         };
+    }
+    while filled_len < main_bits {
+        let n = 1usize << filled_len;
+        table.copy_within(0..n, n);
+        filled_len += 1;
     }
     Ok(())
 }
@@ -587,10 +594,10 @@ fn read_dynamic(r: &mut BitReader, input: &[u8], t: &mut Tables) -> Result<(), S
 #[inline(always)]
 fn copy_match(out: &mut [u8], op: usize, dist: usize, len: usize) {
     debug_assert!(dist >= 1 && dist <= op && op + len + 16 <= out.len());
-    let end = op + len;
-    let mut s = op - dist;
-    let mut d = op;
     if dist >= 16 {
+        let end = op + len;
+        let mut s = op - dist;
+        let mut d = op;
         loop {
             out.copy_within(s..s + 16, d);
             s += 16;
@@ -599,7 +606,19 @@ fn copy_match(out: &mut [u8], op: usize, dist: usize, len: usize) {
                 break;
             }
         }
-    } else if dist >= 8 {
+    } else {
+        copy_match_near(out, op, dist, len);
+    }
+}
+
+/// [`copy_match`] for distances below 16 (kept out of line: it needs registers the
+/// hot loop would rather keep).
+#[inline(never)]
+fn copy_match_near(out: &mut [u8], op: usize, dist: usize, len: usize) {
+    let end = op + len;
+    let mut s = op - dist;
+    let mut d = op;
+    if dist >= 8 {
         loop {
             out.copy_within(s..s + 8, d);
             s += 8;
@@ -651,29 +670,31 @@ enum FastExit {
     BlockEnd,
 }
 
+/// The next 8 input bytes, little-endian (0 if there are fewer, which the callers'
+/// margins rule out).
 #[inline(always)]
-fn load64(input: &[u8], ip: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&input[ip..ip + 8]);
-    u64::from_le_bytes(w)
+fn load64(rest: &[u8]) -> u64 {
+    rest.first_chunk::<8>()
+        .map_or(0, |w| u64::from_le_bytes(*w))
 }
 
 /// Refills the bit buffer from 8 input bytes (needs `ip + 8 <= input.len()`):
 /// afterwards 56..=63 bits are valid and the bits above them are the next input.
 macro_rules! refill {
-    ($input:ident, $ip:ident, $bitbuf:ident, $bitcnt:ident) => {
-        $bitbuf |= load64($input, $ip) << $bitcnt;
-        $ip += ((63 - $bitcnt) >> 3) as usize;
+    ($rest:ident, $bitbuf:ident, $bitcnt:ident) => {
+        $bitbuf |= load64($rest).wrapping_shl($bitcnt);
+        $rest = &$rest[(7 - (($bitcnt >> 3) & 7)) as usize..];
         $bitcnt |= 56;
     };
 }
 
-/// Consumes the bits of table entry `e`.
+/// Consumes the bits of table entry `e`. The shift uses the low 6 bits of `e` (its
+/// bit count, < 32) and the whole entry is subtracted from `bitcnt`: only the low
+/// byte of `bitcnt` is the count (libdeflate's trick; it saves a zero-extension).
 macro_rules! consume {
     ($bitbuf:ident, $bitcnt:ident, $e:expr) => {
-        let n = $e & 0xff;
-        $bitbuf >>= n;
-        $bitcnt -= n;
+        $bitbuf = $bitbuf.wrapping_shr($e);
+        $bitcnt = $bitcnt.wrapping_sub($e);
     };
 }
 
@@ -703,19 +724,18 @@ fn fast_loop<const TRACK: bool>(
 ) -> Result<FastExit, &'static str> {
     let mut bitbuf = h.bitbuf;
     let mut bitcnt = h.bitcnt;
-    let mut ip = h.ip;
     let mut op = h.op;
     debug_assert!(bitcnt < 64 && out_limit + MARGIN <= out.len());
     let (lit, dtab) = (&tables.litlen, &tables.dist);
-    // Each refill moves `ip` by at most 7 bytes and reads 8; between two checks there
+    // `op < out_limit` <=> `op + MARGIN < out.len()`.
+    let out = &mut out[..out_limit + MARGIN];
+    // Each refill moves by at most 7 bytes and reads 8; between two checks there
     // are at most three refills.
-    let Some(in_end) = input.len().checked_sub(FAST_IN_MARGIN) else {
-        return Ok(FastExit::Limit);
-    };
-    if ip > in_end || op >= out_limit {
+    let mut rest = &input[h.ip..];
+    if rest.len() < FAST_IN_MARGIN || op + MARGIN >= out.len() {
         return Ok(FastExit::Limit);
     }
-    refill!(input, ip, bitbuf, bitcnt);
+    refill!(rest, bitbuf, bitcnt);
     let mut e = lit[bitbuf as usize & LITLEN_MASK];
     let res = loop {
         let mut saved = bitbuf;
@@ -737,10 +757,10 @@ fn fast_loop<const TRACK: bool>(
                 if e & F_LITERAL != 0 {
                     let v = e;
                     e = lit[bitbuf as usize & LITLEN_MASK];
-                    refill!(input, ip, bitbuf, bitcnt);
+                    refill!(rest, bitbuf, bitcnt);
                     out[op] = (v >> 16) as u8;
                     op += 1;
-                    if ip > in_end || op >= out_limit {
+                    if rest.len() < FAST_IN_MARGIN || op + MARGIN >= out.len() {
                         break Ok(FastExit::Limit);
                     }
                     continue;
@@ -757,8 +777,8 @@ fn fast_loop<const TRACK: bool>(
                     out[op] = (e >> 16) as u8;
                     op += 1;
                     e = lit[bitbuf as usize & LITLEN_MASK];
-                    refill!(input, ip, bitbuf, bitcnt);
-                    if ip > in_end || op >= out_limit {
+                    refill!(rest, bitbuf, bitcnt);
+                    if rest.len() < FAST_IN_MARGIN || op + MARGIN >= out.len() {
                         break Ok(FastExit::Limit);
                     }
                     continue;
@@ -772,8 +792,8 @@ fn fast_loop<const TRACK: bool>(
             }
         }
         let len = entry_value(e, saved);
-        if bitcnt < 28 + LITLEN_BITS {
-            refill!(input, ip, bitbuf, bitcnt);
+        if (bitcnt as u8) < 28 + LITLEN_BITS as u8 {
+            refill!(rest, bitbuf, bitcnt);
         }
         let mut d = dtab[bitbuf as usize & DIST_MASK];
         if d & F_EXCEPTIONAL != 0 {
@@ -794,7 +814,7 @@ fn fast_loop<const TRACK: bool>(
             break Err("distance too far back");
         }
         e = lit[bitbuf as usize & LITLEN_MASK];
-        refill!(input, ip, bitbuf, bitcnt);
+        refill!(rest, bitbuf, bitcnt);
         if TRACK {
             if let Some(t) = track.as_deref_mut() {
                 t.mark(out_shift + op as u64, dist, len);
@@ -802,13 +822,13 @@ fn fast_loop<const TRACK: bool>(
         }
         copy_match(out, op, dist, len);
         op += len;
-        if ip > in_end || op >= out_limit {
+        if rest.len() < FAST_IN_MARGIN || op + MARGIN >= out.len() {
             break Ok(FastExit::Limit);
         }
     };
     h.bitbuf = bitbuf;
-    h.bitcnt = bitcnt;
-    h.ip = ip;
+    h.bitcnt = bitcnt & 0xff;
+    h.ip = input.len() - rest.len();
     h.op = op;
     res
 }

@@ -296,7 +296,9 @@ impl SpanBuilder {
             self.candidate = None;
         }
         // Keep 32 KiB of history before the new span for the next window.
-        let keep_from = pos.saturating_sub(inflate::WINDOW_SIZE as u64).max(self.buf_base);
+        let keep_from = pos
+            .saturating_sub(inflate::WINDOW_SIZE as u64)
+            .max(self.buf_base);
         let drop = (keep_from - self.buf_base) as usize;
         if drop > 0 {
             self.buf.drain(..drop);
@@ -387,7 +389,12 @@ pub fn decode_stream(
     if len == 0 {
         return Ok(0);
     }
-    let mut out = Limit { skip, left: len, produced: 0, sink };
+    let mut out = Limit {
+        skip,
+        left: len,
+        produced: 0,
+        sink,
+    };
     match compression {
         Compression::None => {
             let mut buf = vec![0u8; 256 << 10];

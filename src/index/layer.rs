@@ -53,7 +53,8 @@ pub fn index_layer(
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(LayerProgress),
 ) -> Result<LayerIndex> {
-    index_layer_inner(reader, layer, span_size, cancel, progress).map_err(|e| e.with_layer(layer.desc.digest))
+    index_layer_inner(reader, layer, span_size, cancel, progress)
+        .map_err(|e| e.with_layer(layer.desc.digest))
 }
 
 fn index_layer_inner(

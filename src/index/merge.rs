@@ -59,7 +59,9 @@ struct Builder {
 /// Splits a tar path into components, dropping empty and `.` ones; `..` is kept for
 /// the walker (which clamps it at the root).
 fn components(path: &[u8]) -> Vec<&[u8]> {
-    path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").collect()
+    path.split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .collect()
 }
 
 /// Normalises a path lexically, clamping `..` at the root.
@@ -144,7 +146,8 @@ impl Builder {
                         if target.starts_with(b"/") {
                             stack.truncate(1);
                         }
-                        let t: Vec<Vec<u8>> = components(target).iter().map(|c| c.to_vec()).collect();
+                        let t: Vec<Vec<u8>> =
+                            components(target).iter().map(|c| c.to_vec()).collect();
                         for comp in t.into_iter().rev() {
                             queue.push_front(comp);
                         }
@@ -186,8 +189,10 @@ impl Builder {
         let comps = normalise(&e.path);
         let attrs = Attrs {
             perm: e.mode & 0o7777,
-            uid: u32::try_from(e.uid).map_err(|_| Error::format(format!("uid {} too large", e.uid)))?,
-            gid: u32::try_from(e.gid).map_err(|_| Error::format(format!("gid {} too large", e.gid)))?,
+            uid: u32::try_from(e.uid)
+                .map_err(|_| Error::format(format!("uid {} too large", e.uid)))?,
+            gid: u32::try_from(e.gid)
+                .map_err(|_| Error::format(format!("gid {} too large", e.gid)))?,
             mtime: e.mtime,
             mtime_nsec: e.mtime_nsec,
             xattrs: e.xattrs.clone(),
@@ -218,7 +223,11 @@ impl Builder {
             },
             EntryKind::Symlink => NodeKind::Symlink(e.link_target.clone()),
             EntryKind::CharDevice | EntryKind::BlockDevice => NodeKind::Device {
-                kind: if e.kind == EntryKind::CharDevice { Kind::CharDevice } else { Kind::BlockDevice },
+                kind: if e.kind == EntryKind::CharDevice {
+                    Kind::CharDevice
+                } else {
+                    Kind::BlockDevice
+                },
                 rdev: Inode::makedev(e.dev_major, e.dev_minor),
             },
             EntryKind::Fifo => NodeKind::Fifo,
@@ -261,46 +270,56 @@ impl Builder {
         let mut names: HashMap<Vec<u8>, u32> = HashMap::new();
         let mut strings = Strings::default();
         let mut queue = VecDeque::new();
-        let new_inode = |tree: &mut Tree, strings: &mut Strings, id: usize, parent: u32| -> Result<u32> {
-            let n = &self.nodes[id];
-            let (kind, size, a, b) = match &n.kind {
-                NodeKind::Dir(_) => (Kind::Dir, 0, 0, 0),
-                NodeKind::File { layer, offset, size } => (Kind::File, *size, *offset, *layer),
-                NodeKind::Symlink(t) => (Kind::Symlink, t.len() as u64, strings.add(t)? as u64, 0),
-                NodeKind::Device { kind, rdev } => (*kind, 0, *rdev, 0),
-                NodeKind::Fifo => (Kind::Fifo, 0, 0, 0),
-            };
-            let xattr_start = tree.xattrs.len() as u32;
-            for (k, v) in &n.attrs.xattrs {
-                tree.xattrs.push(Xattr {
-                    name_off: strings.add(k)?,
-                    name_len: k.len() as u32,
-                    value_off: strings.add(v)?,
-                    value_len: v.len() as u32,
+        let new_inode =
+            |tree: &mut Tree, strings: &mut Strings, id: usize, parent: u32| -> Result<u32> {
+                let n = &self.nodes[id];
+                let (kind, size, a, b) = match &n.kind {
+                    NodeKind::Dir(_) => (Kind::Dir, 0, 0, 0),
+                    NodeKind::File {
+                        layer,
+                        offset,
+                        size,
+                    } => (Kind::File, *size, *offset, *layer),
+                    NodeKind::Symlink(t) => {
+                        (Kind::Symlink, t.len() as u64, strings.add(t)? as u64, 0)
+                    }
+                    NodeKind::Device { kind, rdev } => (*kind, 0, *rdev, 0),
+                    NodeKind::Fifo => (Kind::Fifo, 0, 0, 0),
+                };
+                let xattr_start = tree.xattrs.len() as u32;
+                for (k, v) in &n.attrs.xattrs {
+                    tree.xattrs.push(Xattr {
+                        name_off: strings.add(k)?,
+                        name_len: k.len() as u32,
+                        value_off: strings.add(v)?,
+                        value_len: v.len() as u32,
+                    });
+                }
+                tree.inodes.push(Inode {
+                    mode: kind.mode_bits() | n.attrs.perm,
+                    uid: n.attrs.uid,
+                    gid: n.attrs.gid,
+                    nlink: 1,
+                    mtime: n.attrs.mtime,
+                    mtime_nsec: n.attrs.mtime_nsec,
+                    xattr_start,
+                    xattr_count: n.attrs.xattrs.len() as u32,
+                    parent,
+                    size,
+                    a,
+                    b,
                 });
-            }
-            tree.inodes.push(Inode {
-                mode: kind.mode_bits() | n.attrs.perm,
-                uid: n.attrs.uid,
-                gid: n.attrs.gid,
-                nlink: 1,
-                mtime: n.attrs.mtime,
-                mtime_nsec: n.attrs.mtime_nsec,
-                xattr_start,
-                xattr_count: n.attrs.xattrs.len() as u32,
-                parent,
-                size,
-                a,
-                b,
-            });
-            let ino = u32::try_from(tree.inodes.len()).map_err(|_| Error::format("too many inodes"))?;
-            Ok(ino)
-        };
+                let ino = u32::try_from(tree.inodes.len())
+                    .map_err(|_| Error::format("too many inodes"))?;
+                Ok(ino)
+            };
         ino_of[ROOT] = new_inode(&mut tree, &mut strings, ROOT, 1)?;
         queue.push_back(ROOT);
         while let Some(dir) = queue.pop_front() {
             let dino = ino_of[dir];
-            let NodeKind::Dir(children) = &self.nodes[dir].kind else { unreachable!() };
+            let NodeKind::Dir(children) = &self.nodes[dir].kind else {
+                unreachable!()
+            };
             let start = tree.dirents.len() as u64;
             let mut subdirs = 0;
             for (name, &child) in children {
@@ -350,7 +369,8 @@ struct Strings {
 
 impl Strings {
     fn add(&mut self, s: &[u8]) -> Result<u32> {
-        let off = u32::try_from(self.bytes.len()).map_err(|_| Error::format("string table over 4 GiB"))?;
+        let off = u32::try_from(self.bytes.len())
+            .map_err(|_| Error::format("string table over 4 GiB"))?;
         self.bytes.extend_from_slice(s);
         Ok(off)
     }
@@ -371,7 +391,10 @@ pub fn merge(layers: &[LayerIndex]) -> Result<Tree> {
         for (i, e) in layer.entries.iter().enumerate() {
             if !is_whiteout[i] {
                 b.apply_entry(e, li as u32).map_err(|err| {
-                    wrap(Error::format(format!("entry {}: {err}", String::from_utf8_lossy(&e.path))))
+                    wrap(Error::format(format!(
+                        "entry {}: {err}",
+                        String::from_utf8_lossy(&e.path)
+                    )))
                 })?;
             }
         }

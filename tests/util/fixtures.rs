@@ -576,7 +576,8 @@ pub fn check_tricky_tree(rootfs: &Path) -> Vec<String> {
         if inodes.len() != 1 || inodes.iter().any(|i| i.2 != want_nlink) {
             let names: Vec<String> = group.iter().map(|g| show_bytes(g)).collect();
             errs.push(format!(
-                "hardlink group [{}]: (dev, ino, nlink) {inodes:?}, want one inode with nlink {want_nlink}",
+                "hardlink group [{}]: (dev, ino, nlink) {inodes:?}, \
+                 want one inode with nlink {want_nlink}",
                 names.join(", ")
             ));
         }

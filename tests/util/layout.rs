@@ -335,7 +335,10 @@ impl Image {
         }
         let history = self.history.clone().unwrap_or_else(|| {
             (0..self.layers.len())
-                .map(|i| json!({"created": self.created, "created_by": format!("clip test layer {i}")}))
+                .map(|i| {
+                    let by = format!("clip test layer {i}");
+                    json!({"created": self.created, "created_by": by})
+                })
                 .collect()
         });
         let diff_ids: Vec<&str> = self.layers.iter().map(|l| l.diff_id.as_str()).collect();

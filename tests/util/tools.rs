@@ -1,5 +1,6 @@
 //! External tools: [`require_tool`], [`run_checked`], [`umoci_unpack`] (with
-//! [`make_umoci_compatible`] for what umoci 0.4.7 cannot read), [`skopeo_copy`]. Tests fail loudly (never skip) when a tool is missing.
+//! [`make_umoci_compatible`] for what umoci 0.4.7 cannot read), [`skopeo_copy`].
+//! Tests fail loudly (never skip) when a tool is missing.
 
 use std::env;
 use std::fs;
