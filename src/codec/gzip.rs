@@ -167,7 +167,14 @@ impl GzipIndexer {
                     self.pending.clear();
                     self.state = State::Deflate(inf);
                 }
-                State::Deflate(inf) => {
+                State::Deflate(_) => {
+                    // Take the decoder out of `self` so its output can be emitted
+                    // without copying it first.
+                    let State::Deflate(mut inf) =
+                        std::mem::replace(&mut self.state, State::Between)
+                    else {
+                        unreachable!()
+                    };
                     if !input.is_empty() {
                         inf.feed(input);
                         input = &[];
@@ -175,21 +182,15 @@ impl GzipIndexer {
                     let status = inf
                         .decode()
                         .map_err(|e| Error::format(format!("gzip member {}: {e}", self.members)))?;
-                    let State::Deflate(inf) = &mut self.state else {
-                        unreachable!()
-                    };
-                    let out = inf.output().to_vec();
+                    self.emit(inf.output(), sink)?;
                     inf.consume_output();
                     let bits = inf.total_in_bits();
-                    let rest = if status == Status::StreamEnd {
-                        Some(inf.remaining_input().to_vec())
-                    } else {
-                        None
-                    };
-                    self.emit(&out, sink)?;
                     match status {
-                        Status::OutputFull => {}
-                        Status::NeedInput => return Ok(()),
+                        Status::OutputFull => self.state = State::Deflate(inf),
+                        Status::NeedInput => {
+                            self.state = State::Deflate(inf);
+                            return Ok(());
+                        }
                         Status::BlockEnd => {
                             let abs = self.deflate_base * 8 + bits;
                             self.spans.boundary(Boundary {
@@ -198,9 +199,10 @@ impl GzipIndexer {
                                 out_offset: self.total_out,
                                 kind: CheckpointKind::Block,
                             });
+                            self.state = State::Deflate(inf);
                         }
                         Status::StreamEnd => {
-                            self.pending = rest.unwrap_or_default();
+                            self.pending = inf.remaining_input().to_vec();
                             self.pending_base = self.deflate_base + bits.div_ceil(8);
                             self.state = State::Trailer;
                         }

@@ -38,16 +38,27 @@
 //!
 //! # Speed
 //!
-//! The hot loop follows libdeflate: a 64-bit bit buffer refilled 8 bytes at a time
-//! (branch-free, keeping 56..=63 valid bits), an 11-bit literal/length table and an
-//! 8-bit distance table with second-level tables for longer codes, entries that pack
-//! the symbol value, flags, code length and extra-bit count so that one shift and
-//! one mask decode a length or distance, up to three literals per refill, and
-//! match copies in 16/8-byte chunks that may overshoot into the margin behind the
-//! output (distance 1 is a fill, distances 2..7 repeat an 8-byte pattern). Near the
-//! end of the input a careful slow path decodes one whole symbol at a time and rolls
-//! back when the input ends inside it, so decoding never stops mid-symbol; block
-//! headers are decoded the same way (a dynamic header needs at most ~290 bytes).
+//! The hot loop follows libdeflate, in safe Rust:
+//!
+//! - a 64-bit bit buffer refilled 8 bytes at a time without branches (56..=63 valid
+//!   bits afterwards), entered only while at least 24 input bytes and 320 bytes of
+//!   output room remain, so no symbol ever needs a bounds decision;
+//! - an 11-bit literal/length table and an 8-bit distance table, with second-level
+//!   tables for longer codes; each `u32` entry packs the value, flags, code length
+//!   and total bit count, so consuming an entry is one shift and one subtraction and
+//!   a length or distance is one mask and one shift;
+//! - up to three literals per refill, and the next literal/length entry is looked up
+//!   before a match is copied, so the table load overlaps the copy;
+//! - match copies in 16-byte chunks that may overshoot into the margin behind the
+//!   output (shorter distances, out of line: 8-byte chunks, a fill for distance 1,
+//!   a repeated 8-byte pattern for 2..=7);
+//! - tables built by doubling (`copy_within`) instead of strided stores.
+//!
+//! Near the end of the input a careful slow path decodes one whole symbol at a time
+//! and rolls back when the input ends inside it, so decoding never stops
+//! mid-symbol; block headers are read the same way (a dynamic header needs at most
+//! ~290 bytes). On a 100 MB mix of `/usr/share` and `/usr/lib` files compressed by
+//! zlib level 6 this decodes about 10% faster than zlib-rs.
 
 use std::fmt;
 
@@ -65,11 +76,12 @@ const FAST_IN_MARGIN: usize = 24;
 
 const LITLEN_BITS: u32 = 11;
 const LITLEN_MASK: usize = (1 << LITLEN_BITS) - 1;
-/// Main table plus the largest possible set of sub-tables (zlib's `enough 288 11 15`).
+/// Main table plus the largest possible set of sub-tables (zlib's `enough 288 11 15`,
+/// the bound libdeflate uses for the same construction).
 const LITLEN_TABLE_SIZE: usize = 2342;
 const DIST_BITS: u32 = 8;
 const DIST_MASK: usize = (1 << DIST_BITS) - 1;
-/// Main table plus the largest possible set of sub-tables (`enough 30 8 15`).
+/// Main table plus the largest possible set of sub-tables (`enough 32 8 15`).
 const DIST_TABLE_SIZE: usize = 402;
 const PRECODE_BITS: u32 = 7;
 const PRECODE_MASK: usize = (1 << PRECODE_BITS) - 1;
@@ -678,8 +690,9 @@ fn load64(rest: &[u8]) -> u64 {
         .map_or(0, |w| u64::from_le_bytes(*w))
 }
 
-/// Refills the bit buffer from 8 input bytes (needs `ip + 8 <= input.len()`):
+/// Refills the bit buffer from the next 8 input bytes (`rest` must have them):
 /// afterwards 56..=63 bits are valid and the bits above them are the next input.
+/// Only the low 6 bits of `bitcnt` are read (see `consume!`).
 macro_rules! refill {
     ($rest:ident, $bitbuf:ident, $bitcnt:ident) => {
         $bitbuf |= load64($rest).wrapping_shl($bitcnt);
@@ -698,21 +711,25 @@ macro_rules! consume {
     };
 }
 
-/// The value of a length or distance entry `e` consumed from `saved`.
+/// The value of a length or distance entry `e` consumed from `saved`: the base plus
+/// the extra bits, which sit between the code length and the total bit count. (The
+/// wrapping shifts use the low 6 bits of their amount: the total, < 32, and the
+/// code length, since such entries have no flags set.)
 #[inline(always)]
 fn entry_value(e: u32, saved: u64) -> usize {
-    (e >> 16) as usize + ((saved & ((1u64 << (e & 0xff)) - 1)) >> ((e >> 8) & 0xf)) as usize
+    let bits = saved & !u64::MAX.wrapping_shl(e);
+    (e >> 16) as usize + bits.wrapping_shr(e >> 8) as usize
 }
 
-/// Decodes symbols while at least `FAST_IN_MARGIN` input bytes remain and `op < out_limit`
-/// (`out` has `MARGIN` bytes of room after `out_limit`).
+/// Decodes symbols while at least `FAST_IN_MARGIN` input bytes remain and `op <
+/// out_limit` (`out` has `MARGIN` bytes of room after `out_limit`).
 ///
 /// Bit budget: every iteration starts with >= 56 valid bits and the next
-/// literal/length entry preloaded (it needs 11). A literal path consumes at most
-/// 2 x 11 bits before the refill; a match path at most 20 (length) before an
-/// optional refill that guarantees 28 (distance) + 11 (next preload).
+/// literal/length entry looked up (that needs 11). Three main-table literals take at
+/// most 33 bits before the refill; a length takes at most 20 (11 + 4 sub-table + 5
+/// extra) and is followed by a refill unless 39 bits remain: enough for a distance
+/// (15 + 13) and the next lookup (11).
 #[inline(never)]
-#[allow(clippy::too_many_arguments)]
 fn fast_loop<const TRACK: bool>(
     h: &mut Hot,
     input: &[u8],

@@ -39,7 +39,7 @@ pub const MIN_SPAN_SIZE: u64 = 64 << 10;
 /// Largest span size accepted.
 pub const MAX_SPAN_SIZE: u64 = 256 << 20;
 /// zstd level used for stored windows.
-const WINDOW_ZSTD_LEVEL: i32 = 9;
+const WINDOW_ZSTD_LEVEL: i32 = 3;
 
 /// How decoding resumes at a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
 
 use crate::codec::{self, CodecIndex};
 use crate::digest::{Digest, Hasher};
@@ -15,6 +16,8 @@ use crate::tar::{Entry, TarParser};
 
 /// Size of the reads from a layer blob.
 const READ_CHUNK: usize = 1 << 20;
+/// Uncompressed chunks in flight between the decompressing and parsing threads.
+const PIPELINE_DEPTH: usize = 16;
 
 /// Everything clip keeps about one layer.
 #[derive(Debug, Clone)]
@@ -64,25 +67,83 @@ fn index_layer_inner(
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(LayerProgress),
 ) -> Result<LayerIndex> {
+    // Two stages on two threads: this one reads, hashes the blob and decompresses
+    // (building checkpoints and span hashes); the consumer hashes the uncompressed
+    // stream (diff_id) and parses tar headers. Buffers are recycled between them.
+    let (tx, rx) = sync_channel::<Vec<u8>>(PIPELINE_DEPTH);
+    let (free_tx, free_rx) = channel::<Vec<u8>>();
+    std::thread::scope(|s| {
+        let consumer = s.spawn(move || -> Result<(Digest, Vec<Entry>)> {
+            let mut diff_hash = Hasher::new();
+            let mut tar = TarParser::new();
+            let mut entries = Vec::new();
+            for buf in rx {
+                diff_hash.update(&buf);
+                if !tar.at_end() {
+                    tar.push(&buf, &mut |e: Entry| -> Result<()> {
+                        entries.push(e);
+                        Ok(())
+                    })?;
+                }
+                let _ = free_tx.send(buf);
+            }
+            tar.finish().map_err(Error::from)?;
+            Ok((diff_hash.finish(), entries))
+        });
+        let produced = produce(reader, layer, span_size, cancel, progress, tx, free_rx);
+        let consumed = consumer
+            .join()
+            .unwrap_or_else(|_| Err(Error::format("tar parser thread panicked")));
+        let (compression, codec, uncompressed) = produced?;
+        let (diff_id, entries) = consumed?;
+        debug_assert_eq!(uncompressed, codec.uncompressed_size);
+        if diff_id != layer.diff_id {
+            return Err(Error::DigestMismatch {
+                what: "uncompressed layer (diff_id)".into(),
+                expected: layer.diff_id.to_string(),
+                actual: diff_id.to_string(),
+            });
+        }
+        Ok(LayerIndex {
+            digest: layer.desc.digest,
+            media_type: layer.desc.media_type.clone(),
+            compressed_size: layer.desc.size,
+            compression,
+            diff_id,
+            codec,
+            entries,
+        })
+    })
+}
+
+/// The reading and decompressing stage. Whatever fails, the blob is still read to
+/// its end and hashed, so a corrupt blob is reported as a digest mismatch rather
+/// than as whatever the decoder or tar parser tripped over first.
+fn produce(
+    reader: &mut dyn Read,
+    layer: &Layer,
+    span_size: u64,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(LayerProgress),
+    tx: SyncSender<Vec<u8>>,
+    free_rx: Receiver<Vec<u8>>,
+) -> Result<(Compression, CodecIndex, u64)> {
     let mut buf = vec![0u8; READ_CHUNK];
     let mut blob_hash = Hasher::new();
-    let mut diff_hash = Hasher::new();
-    let mut tar = TarParser::new();
-    let mut entries = Vec::new();
     let mut indexer: Option<Box<dyn codec::StreamIndexer>> = None;
     let mut compression = layer.compression;
     let mut prog = LayerProgress::default();
     let uncompressed = std::cell::Cell::new(0u64);
+    let mut failed: Option<Error> = None;
     let mut sink = |data: &[u8]| -> Result<()> {
-        diff_hash.update(data);
         uncompressed.set(uncompressed.get() + data.len() as u64);
-        if !tar.at_end() {
-            tar.push(data, &mut |e: Entry| -> Result<()> {
-                entries.push(e);
-                Ok(())
-            })?;
-        }
-        Ok(())
+        let mut b = free_rx
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(data.len().max(64 << 10)));
+        b.clear();
+        b.extend_from_slice(data);
+        // A closed channel means the consumer failed; its error is reported.
+        tx.send(b).map_err(|_| Error::format("tar parser stopped"))
     };
     loop {
         if cancel.load(Ordering::Relaxed) {
@@ -95,13 +156,20 @@ fn index_layer_inner(
             Err(e) => return Err(Error::format(format!("reading blob: {e}"))),
         };
         let data = &buf[..n];
-        if indexer.is_none() {
-            compression = effective_compression(layer, data)?;
-            indexer = Some(codec::stream_indexer(compression, span_size));
-        }
         blob_hash.update(data);
         prog.compressed_done += n as u64;
-        indexer.as_mut().expect("set above").push(data, &mut sink)?;
+        if failed.is_none() {
+            let r = (|| -> Result<()> {
+                if indexer.is_none() {
+                    compression = effective_compression(layer, data)?;
+                    indexer = Some(codec::stream_indexer(compression, span_size));
+                }
+                indexer.as_mut().expect("set above").push(data, &mut sink)
+            })();
+            if let Err(e) = r {
+                failed = Some(e);
+            }
+        }
         prog.uncompressed_done = uncompressed.get();
         progress(prog);
     }
@@ -119,26 +187,13 @@ fn index_layer_inner(
             actual: actual.to_string(),
         });
     }
+    if let Some(e) = failed {
+        return Err(e);
+    }
     let indexer = indexer.ok_or_else(|| Error::format("layer blob is empty"))?;
     let codec = indexer.finish(&mut sink)?;
-    tar.finish().map_err(Error::from)?;
-    let diff_id = diff_hash.finish();
-    if diff_id != layer.diff_id {
-        return Err(Error::DigestMismatch {
-            what: "uncompressed layer (diff_id)".into(),
-            expected: layer.diff_id.to_string(),
-            actual: diff_id.to_string(),
-        });
-    }
-    Ok(LayerIndex {
-        digest: layer.desc.digest,
-        media_type: layer.desc.media_type.clone(),
-        compressed_size: layer.desc.size,
-        compression,
-        diff_id,
-        codec,
-        entries,
-    })
+    drop(tx);
+    Ok((compression, codec, uncompressed.get()))
 }
 
 /// The compression to decode with: the blob's magic bytes win over the media type
