@@ -217,9 +217,20 @@ impl Image {
         Ok(data)
     }
 
+    /// Decodes span `span` of `layer` into memory, verified against its hash.
+    pub fn decode_span(&self, layer: usize, span: usize) -> Result<Vec<u8>> {
+        let (s, e) = self.archive.layers[layer].codec.span_range(span);
+        let mut data = Vec::with_capacity((e - s) as usize);
+        self.decode_spans(layer, span, span, &mut |_, d| {
+            data.extend_from_slice(d);
+            Ok(())
+        })?;
+        Ok(data)
+    }
+
     /// Decodes spans `first..=last` in one pass from the first one's checkpoint,
     /// verifying each span's hash, and hands out `(offset, bytes)` in order.
-    fn decode_spans(
+    pub(crate) fn decode_spans(
         &self,
         layer: usize,
         first: usize,

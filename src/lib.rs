@@ -34,12 +34,15 @@ pub mod create;
 pub mod digest;
 pub mod error;
 pub mod extract;
+pub mod fs;
 pub mod image;
 pub mod index;
 pub mod layout;
+pub mod mount;
 pub mod oci;
 pub mod reference;
 pub mod source;
+pub mod store;
 pub mod tar;
 pub mod tree;
 

@@ -2,6 +2,7 @@
 //! call into the library, and an exit code; no logic lives here.
 
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -25,6 +26,9 @@ struct Cli {
     /// Log level (error, warn, info, debug, trace); also CLIP_LOG_LEVEL.
     #[arg(long, global = true)]
     log_level: Option<String>,
+    /// Append logs to this file instead of stderr (useful with `mount --daemon`).
+    #[arg(long, global = true)]
+    log_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -98,6 +102,39 @@ enum Cmd {
         #[arg(long)]
         stats: bool,
     },
+    /// Mount an archive read-only with FUSE; file bytes are fetched on demand.
+    Mount {
+        /// The archive.
+        archive: PathBuf,
+        /// Where to mount (created if missing).
+        mountpoint: PathBuf,
+        /// The OCI layout holding the layers.
+        #[arg(long)]
+        layout: PathBuf,
+        /// Span cache directory (default: $CLIP_CACHE_DIR, ~/.cache/clip).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Span cache size limit (a number with an optional KiB/MiB/GiB suffix).
+        #[arg(long, default_value = "10GiB")]
+        cache_size: String,
+        /// Let other users access the mount.
+        #[arg(long)]
+        allow_other: bool,
+        /// Detach once the mount is live.
+        #[arg(long)]
+        daemon: bool,
+        /// Keep a JSON file of read statistics up to date here.
+        #[arg(long)]
+        stats_file: Option<PathBuf>,
+        /// Internal: print "ready" on stdout once mounted (used by --daemon).
+        #[arg(long, hide = true)]
+        notify_ready: bool,
+    },
+    /// Unmount a clip mount.
+    Umount {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
     /// Materialise the image's merged tree into a directory.
     Extract {
         /// The archive.
@@ -131,7 +168,9 @@ struct IndexArgs {
 
 fn parse_size(s: &str) -> Result<u64> {
     let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("MiB") {
+    let (num, mult) = if let Some(n) = s.strip_suffix("GiB") {
+        (n, 1 << 30)
+    } else if let Some(n) = s.strip_suffix("MiB") {
         (n, 1 << 20)
     } else if let Some(n) = s.strip_suffix("KiB") {
         (n, 1 << 10)
@@ -183,10 +222,28 @@ fn main() -> ExitCode {
         .clone()
         .or_else(|| std::env::var("CLIP_LOG_LEVEL").ok())
         .unwrap_or_else(|| "warn".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::new(level);
+    let log_file = cli.log_file.as_ref().map(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+    });
+    match log_file {
+        Some(Ok(f)) => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .init(),
+        Some(Err(e)) => {
+            eprintln!("clipctl: error: opening log file: {e}");
+            return ExitCode::FAILURE;
+        }
+        None => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -292,6 +349,63 @@ fn run(cmd: Cmd) -> Result<()> {
                 eprintln!("{}", serde_json::to_string(&img.stats())?);
             }
         }
+        Cmd::Mount {
+            archive,
+            mountpoint,
+            layout,
+            cache_dir,
+            cache_size,
+            allow_other,
+            daemon,
+            stats_file,
+            notify_ready,
+        } => {
+            if daemon {
+                return daemonize();
+            }
+            let img = Image::open_with_layout(&archive, &layout)?;
+            let mut opts = clip::mount::MountOptions {
+                cache_max_bytes: parse_size(&cache_size)?,
+                allow_other,
+                ..Default::default()
+            };
+            if let Some(d) = cache_dir {
+                opts.cache_dir = d;
+            }
+            let m = std::sync::Arc::new(clip::mount::Mount::new(img, &mountpoint, &opts)?);
+            if notify_ready {
+                println!("ready");
+                std::io::stdout().flush()?;
+            }
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone())?;
+            }
+            let waiter = {
+                let m = m.clone();
+                std::thread::spawn(move || m.wait())
+            };
+            let write_stats = |m: &clip::mount::Mount| -> Result<()> {
+                if let Some(p) = &stats_file {
+                    let tmp = p.with_extension("tmp");
+                    std::fs::write(&tmp, serde_json::to_vec(&m.stats())?)?;
+                    std::fs::rename(&tmp, p)?;
+                }
+                Ok(())
+            };
+            while !waiter.is_finished() {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    m.unmount()?;
+                }
+                write_stats(&m)?;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            write_stats(&m)?;
+            waiter
+                .join()
+                .map_err(|_| anyhow::anyhow!("mount thread panicked"))??;
+        }
+        Cmd::Umount { mountpoint } => clip::mount::unmount_path(&mountpoint)?,
         Cmd::Extract {
             archive,
             dest,
@@ -504,4 +618,38 @@ fn ls_line(tree: &Tree, ino: u64, name: &str, out: &mut dyn Write) -> Result<()>
         i.nlink, i.uid, i.gid, size, i.mtime
     )?;
     Ok(())
+}
+
+/// Runs this same command without `--daemon` in a new process group and returns
+/// once it reports the mount live.
+fn daemonize() -> Result<()> {
+    use std::io::{BufRead, Read};
+    let args: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "--daemon")
+        .collect();
+    // The child gets pipes, not our stdout/stderr: whoever waits for our output
+    // must see it end when we return, not when the mount goes away.
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .arg("--notify-ready")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    if line.trim() == "ready" {
+        return Ok(());
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut err)?;
+    let status = child.wait()?;
+    eprint!("{err}");
+    bail!("mount failed ({status})")
 }

@@ -775,3 +775,22 @@ pub fn check_escaping_tree(rootfs: &Path) -> Vec<String> {
     }
     errs
 }
+
+/// Text with some entropy, so DEFLATE makes many blocks with real back-references.
+pub fn compressible_mixed(len: usize) -> Vec<u8> {
+    let words = pseudo_random_bytes(99, len / 4);
+    let mut out = Vec::with_capacity(len);
+    let dict: Vec<&str> = "the of and to in is that it for on with as was at by an be this from or have are not but had his they which one you were all her she there would their we him been has when who will more no if out so said what up its about into than them can only other new some could time these two may then do first any my now such like our over man me even most made after also did many before must through back years where much your way well down should because each just those people how too little state good very make world still own see men work long get here between both life being under never day same another know while last might us great old year off come since against go came right used take three".split(' ').collect();
+    let mut i = 0;
+    while out.len() < len {
+        let w = words[i % words.len()] as usize;
+        out.extend_from_slice(dict[w % dict.len()].as_bytes());
+        out.push(if w % 13 == 0 { b'\n' } else { b' ' });
+        if w % 7 == 0 {
+            out.extend_from_slice(format!("{}", w * 31 + i).as_bytes());
+        }
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}

@@ -1,0 +1,422 @@
+//! The read-only FUSE filesystem over an archive's tree and a [`Store`].
+//!
+//! Metadata comes from the in-memory tree and never touches the network or the
+//! disk cache; the kernel is told to cache entries, attributes, symlinks and page
+//! contents for a long time (the image is immutable). File reads are handed to a
+//! pool of worker threads, so a slow fetch never holds up `ls` elsewhere, and a
+//! sequential reader triggers read-ahead of the next span. Panics in handlers are
+//! caught and answered with `EIO`.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+
+use crate::store::Store;
+use crate::tree::{Kind, Tree};
+
+/// How long the kernel may cache entries and attributes: the image never changes.
+const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+const BLOCK: u32 = 4096;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The filesystem.
+pub struct ClipFs {
+    store: Arc<Store>,
+    jobs: Mutex<Sender<Job>>,
+    next_fh: AtomicU64,
+    /// Per open file: the offset a sequential reader would read next.
+    seq: Arc<Mutex<HashMap<u64, u64>>>,
+}
+
+impl ClipFs {
+    /// A filesystem serving `store`'s image with `readers` read threads.
+    pub fn new(store: Arc<Store>, readers: usize) -> ClipFs {
+        let (tx, rx) = channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..readers.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("clip-read-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock().expect("job queue").recv() {
+                            Ok(j) => j,
+                            Err(_) => return,
+                        };
+                        let _ = catch_unwind(AssertUnwindSafe(job));
+                    }
+                })
+                .expect("spawning a read thread");
+        }
+        ClipFs {
+            store,
+            jobs: Mutex::new(tx),
+            next_fh: AtomicU64::new(1),
+            seq: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn tree(&self) -> &Tree {
+        self.store.image().tree()
+    }
+
+    fn attr(&self, ino: u64) -> Option<FileAttr> {
+        attr_of(self.tree(), ino)
+    }
+}
+
+/// The attributes of `ino`.
+pub fn attr_of(tree: &Tree, ino: u64) -> Option<FileAttr> {
+    let i = tree.inode(ino)?;
+    let kind = match i.kind() {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
+        Kind::Fifo => FileType::NamedPipe,
+    };
+    let mtime = if i.mtime >= 0 {
+        UNIX_EPOCH + Duration::new(i.mtime as u64, i.mtime_nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(i.mtime.unsigned_abs())
+            + Duration::from_nanos(i.mtime_nsec as u64)
+    };
+    let rdev = match i.kind() {
+        Kind::CharDevice | Kind::BlockDevice => {
+            let (ma, mi) = i.device();
+            // The kernel's new_encode_dev.
+            (mi & 0xff) | (ma << 8) | ((mi & !0xff) << 12)
+        }
+        _ => 0,
+    };
+    Some(FileAttr {
+        ino: INodeNo(ino),
+        size: i.size,
+        blocks: i.size.div_ceil(512),
+        atime: mtime,
+        mtime,
+        ctime: mtime,
+        crtime: mtime,
+        kind,
+        perm: i.perm() as u16,
+        nlink: i.nlink,
+        uid: i.uid,
+        gid: i.gid,
+        rdev,
+        blksize: BLOCK,
+        flags: 0,
+    })
+}
+
+fn guard<R>(f: impl FnOnce() -> R) -> Option<R> {
+    catch_unwind(AssertUnwindSafe(f)).ok()
+}
+
+impl Filesystem for ClipFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.add_capabilities(
+            InitFlags::FUSE_DO_READDIRPLUS
+                | InitFlags::FUSE_READDIRPLUS_AUTO
+                | InitFlags::FUSE_PARALLEL_DIROPS
+                | InitFlags::FUSE_CACHE_SYMLINKS
+                | InitFlags::FUSE_ASYNC_READ,
+        );
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = guard(|| {
+            let tree = self.tree();
+            match tree
+                .lookup(parent.0, name.as_bytes())
+                .and_then(|ino| self.attr(ino))
+            {
+                Some(a) => Ok(a),
+                None => Err(tree.inode(parent.0).is_some()),
+            }
+        });
+        match r {
+            Some(Ok(a)) => reply.entry(&TTL, &a, Generation(0)),
+            // A negative entry (inode 0) the kernel caches: programs probe many
+            // missing paths (PATH, sys.path) and each probe would be a round trip.
+            Some(Err(true)) => {
+                let mut a = self.attr(1).expect("root exists");
+                a.ino = INodeNo(0);
+                reply.entry(&TTL, &a, Generation(0));
+            }
+            Some(Err(false)) => reply.error(Errno::ENOENT),
+            None => reply.error(Errno::EIO),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match guard(|| self.attr(ino.0)) {
+            Some(Some(a)) => reply.attr(&TTL, &a),
+            Some(None) => reply.error(Errno::ENOENT),
+            None => reply.error(Errno::EIO),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match guard(|| self.tree().inode(ino.0).map(|i| i.kind() == Kind::Symlink)) {
+            Some(Some(true)) => reply.data(self.tree().symlink_target(ino.0)),
+            Some(Some(false)) => reply.error(Errno::EINVAL),
+            Some(None) => reply.error(Errno::ENOENT),
+            None => reply.error(Errno::EIO),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.tree().inode(ino.0).map(|i| i.kind()) {
+            Some(Kind::Dir) => reply.error(Errno::EISDIR),
+            Some(_) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(inode) = self.tree().inode(ino.0).copied() else {
+            return reply.error(Errno::ENOENT);
+        };
+        if inode.kind() != Kind::File {
+            return reply.error(Errno::EINVAL);
+        }
+        if offset >= inode.size || size == 0 {
+            return reply.data(&[]);
+        }
+        let n = (inode.size - offset).min(size as u64) as usize;
+        let store = self.store.clone();
+        let seq = self.seq.clone();
+        let job: Job = Box::new(move || {
+            let layer = inode.b as usize;
+            let start = inode.a + offset;
+            let mut buf = vec![0u8; n];
+            match store.read_layer(layer, start, &mut buf) {
+                Ok(()) => reply.data(&buf),
+                Err(e) => {
+                    tracing::error!("read of inode {} at {offset}: {e}", ino.0);
+                    reply.error(Errno::EIO);
+                }
+            }
+            // Sequential reader: fetch the span after this one in the background.
+            let sequential = {
+                let mut s = seq.lock().expect("seq lock");
+                let was = s.get(&fh.0).copied() == Some(offset) || offset == 0;
+                s.insert(fh.0, offset + n as u64);
+                was
+            };
+            if sequential && offset + (n as u64) < inode.size {
+                let codec = &store.image().archive().layers[layer].codec;
+                if let Some(k) = codec.span_at(start + n as u64) {
+                    store.prefetch(layer, k + 1);
+                }
+            }
+        });
+        if let Err(e) = self.jobs.lock().expect("job queue").send(job) {
+            // The pool is gone (shutting down): run the read here.
+            (e.0)();
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.seq.lock().expect("seq lock").remove(&fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.tree().inode(ino.0).map(|i| i.kind()) {
+            Some(Kind::Dir) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
+            Some(_) => reply.error(Errno::ENOTDIR),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let tree = self.tree();
+        let Some(dir) = tree.inode(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let ents = tree.children(ino.0);
+        let total = ents.len() as u64 + 2;
+        for off in offset..total {
+            let (child, name): (u64, &[u8]) = match off {
+                0 => (ino.0, b"."),
+                1 => (dir.parent as u64, b".."),
+                _ => {
+                    let d = &ents[(off - 2) as usize];
+                    (d.ino as u64, tree.name(d))
+                }
+            };
+            let kind = self.attr(child).map_or(FileType::RegularFile, |a| a.kind);
+            if reply.add(INodeNo(child), off + 1, kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let tree = self.tree();
+        let Some(dir) = tree.inode(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let ents = tree.children(ino.0);
+        let total = ents.len() as u64 + 2;
+        for off in offset..total {
+            let (child, name): (u64, &[u8]) = match off {
+                0 => (ino.0, b"."),
+                1 => (dir.parent as u64, b".."),
+                _ => {
+                    let d = &ents[(off - 2) as usize];
+                    (d.ino as u64, tree.name(d))
+                }
+            };
+            let Some(a) = self.attr(child) else { continue };
+            if reply.add(
+                INodeNo(child),
+                off + 1,
+                OsStr::from_bytes(name),
+                &TTL,
+                &a,
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let tree = self.tree();
+        let bytes: u64 = tree
+            .inodes
+            .iter()
+            .filter(|i| i.kind() == Kind::File)
+            .map(|i| i.size)
+            .sum();
+        reply.statfs(
+            bytes.div_ceil(BLOCK as u64),
+            0,
+            0,
+            tree.inodes.len() as u64,
+            0,
+            BLOCK,
+            255,
+            BLOCK,
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let tree = self.tree();
+        if tree.inode(ino.0).is_none() {
+            return reply.error(Errno::ENOENT);
+        }
+        let found = tree
+            .xattrs_of(ino.0)
+            .into_iter()
+            .find(|(n, _)| *n == name.as_bytes())
+            .map(|(_, v)| v);
+        match found {
+            None => reply.error(Errno::ENODATA),
+            Some(v) if size == 0 => reply.size(v.len() as u32),
+            Some(v) if (size as usize) < v.len() => reply.error(Errno::ERANGE),
+            Some(v) => reply.data(v),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let tree = self.tree();
+        if tree.inode(ino.0).is_none() {
+            return reply.error(Errno::ENOENT);
+        }
+        let mut names = Vec::new();
+        for (n, _) in tree.xattrs_of(ino.0) {
+            names.extend_from_slice(n);
+            names.push(0);
+        }
+        if size == 0 {
+            reply.size(names.len() as u32)
+        } else if (size as usize) < names.len() {
+            reply.error(Errno::ERANGE)
+        } else {
+            reply.data(&names)
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        if self.tree().inode(ino.0).is_none() {
+            return reply.error(Errno::ENOENT);
+        }
+        if mask.contains(AccessFlags::W_OK) {
+            return reply.error(Errno::EROFS);
+        }
+        // The kernel checks permissions itself (default_permissions).
+        reply.ok();
+    }
+}
+
+/// Seconds since the epoch of `t`, for tests and tools.
+pub fn epoch_secs(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}

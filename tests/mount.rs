@@ -1,0 +1,355 @@
+//! FUSE mount tests: the mounted tree equals `umoci unpack` of the same image, 32
+//! threads of random reads are byte-exact, a cold read inflates one span and a
+//! second touches no source bytes, and the span cache survives SIGKILL and
+//! corruption. They need root and /dev/fuse: without them they fail, never skip.
+
+mod util;
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use util::*;
+
+fn clipctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_clipctl"))
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("clip-mnt-")
+        .tempdir()
+        .expect("temp dir")
+}
+
+fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: FUSE tests need it (modprobe fuse, or run the container with --device /dev/fuse)"
+    );
+    require_tool("fusermount3");
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let p = p.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.as_str()))
+}
+
+/// A `clipctl mount --daemon` that is unmounted when dropped.
+struct Mounted {
+    dir: PathBuf,
+    stats: PathBuf,
+}
+
+impl Mounted {
+    fn new(archive: &Path, layout: &Path, dir: &Path, cache: &Path) -> Mounted {
+        require_fuse();
+        let stats = dir.with_extension("stats.json");
+        let out = clipctl()
+            .arg("mount")
+            .arg(archive)
+            .arg(dir)
+            .arg("--layout")
+            .arg(layout)
+            .arg("--cache-dir")
+            .arg(cache)
+            .arg("--stats-file")
+            .arg(&stats)
+            .arg("--daemon")
+            .arg("--log-file")
+            .arg(dir.with_extension("log"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = std::fs::canonicalize(dir).unwrap();
+        assert!(
+            is_mounted(&dir),
+            "{} is not mounted after mount returned",
+            dir.display()
+        );
+        Mounted { dir, stats }
+    }
+
+    /// The daemon's counters (it rewrites the file every 100 ms).
+    fn stats(&self) -> serde_json::Value {
+        std::thread::sleep(Duration::from_millis(300));
+        serde_json::from_slice(&std::fs::read(&self.stats).unwrap()).unwrap()
+    }
+
+    fn unmount(&self) {
+        if is_mounted(&self.dir) {
+            let out = clipctl().arg("umount").arg(&self.dir).output().unwrap();
+            assert!(
+                out.status.success(),
+                "umount: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let t = Instant::now();
+        while is_mounted(&self.dir) && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !is_mounted(&self.dir),
+            "stale mount at {}",
+            self.dir.display()
+        );
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+fn index(layout: &Path, tag: &str, out: &Path) {
+    let o = clipctl()
+        .args(["index-layout", "--layout"])
+        .arg(layout)
+        .args(["--tag", tag, "--out"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn mounted_tricky_tree_equals_umoci() {
+    let d = tmp();
+    let layout = d.path().join("layout");
+    tricky_layout(&layout, "t");
+    let archive = d.path().join("t.clip");
+    index(&layout, "t", &archive);
+    let m = Mounted::new(
+        &archive,
+        &layout,
+        &d.path().join("mnt"),
+        &d.path().join("cache"),
+    );
+    let theirs = umoci_unpack(&layout, "t", &d.path().join("bundle"));
+    assert_same_tree(
+        &m.dir,
+        &theirs,
+        &DiffOptions::labelled("clip mount", "umoci"),
+    );
+    let errs = check_tricky_tree(&m.dir);
+    assert!(errs.is_empty(), "{}", errs.join("\n"));
+    // Read-only.
+    assert!(std::fs::write(m.dir.join("new-file"), "x").is_err());
+    m.unmount();
+}
+
+/// An image with many files of various sizes across two gzip layers.
+fn busy_layout(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut lb = LayoutBuilder::new(dir);
+    for layer in 0..2u64 {
+        let mut t = TarBuilder::new();
+        t.dir(format!("l{layer}")).mode(0o755);
+        for i in 0..150u64 {
+            let size = match i % 5 {
+                0 => 0,
+                1 => 100 + i as usize,
+                2 => 70_000,
+                3 => 900_000,
+                _ => 3_000_000 + i as usize,
+            };
+            let data = if i % 2 == 0 {
+                pseudo_random_bytes(layer * 1000 + i, size)
+            } else {
+                compressible_mixed(size)
+            };
+            let name = format!("l{layer}/f{i}");
+            t.file(&name, &data).mode(0o644);
+            files.push((name, data));
+        }
+        lb.add_layer(&t.finish(), Compression::Gzip);
+    }
+    lb.write_image(Some("busy"));
+    files
+}
+
+#[test]
+fn thirty_two_threads_of_random_reads_are_exact() {
+    let d = tmp();
+    let layout = d.path().join("layout");
+    let files = Arc::new(busy_layout(&layout));
+    let archive = d.path().join("busy.clip");
+    index(&layout, "busy", &archive);
+    let m = Mounted::new(
+        &archive,
+        &layout,
+        &d.path().join("mnt"),
+        &d.path().join("cache"),
+    );
+    let root = m.dir.clone();
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let threads: Vec<_> = (0..32u64)
+        .map(|t| {
+            let files = files.clone();
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let mut rng = t * 7919 + 1;
+                let mut next = move || {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng
+                };
+                let mut reads = 0;
+                while Instant::now() < deadline {
+                    let (name, want) = &files[(next() % files.len() as u64) as usize];
+                    let f = std::fs::File::open(root.join(name)).unwrap();
+                    let off = if want.is_empty() {
+                        0
+                    } else {
+                        next() % want.len() as u64
+                    };
+                    let len = (next() % 300_000) as usize;
+                    let mut buf = vec![0u8; len];
+                    let n = f.read_at(&mut buf, off).unwrap();
+                    let end = (off as usize + len).min(want.len());
+                    let expect = &want[(off as usize).min(want.len())..end];
+                    assert_eq!(n, expect.len(), "{name} at {off}");
+                    assert!(buf[..n] == *expect, "{name} at {off}: bytes differ");
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    let total: u64 = threads
+        .into_iter()
+        .map(|t| t.join().expect("reader thread"))
+        .sum();
+    assert!(total > 100, "only {total} reads");
+    m.unmount();
+}
+
+/// The large-layer fixture: one 120 MiB file plus a small one deep inside the layer.
+fn big_layout(dir: &Path) -> Vec<u8> {
+    let big = compressible_mixed(120 << 20);
+    let mut t = TarBuilder::new();
+    t.file("big.bin", &big).mode(0o644);
+    t.file("small.txt", "a small file after a big one\n")
+        .mode(0o644);
+    let tar = t.finish();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    let mut lb = LayoutBuilder::new(dir);
+    lb.add_layer_raw(
+        &gz.finish().unwrap(),
+        &sha256_digest(&tar),
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+    );
+    lb.write_image(Some("big"));
+    big
+}
+
+#[test]
+fn cold_read_inflates_one_span_and_warm_read_touches_no_source() {
+    let d = tmp();
+    let layout = d.path().join("layout");
+    big_layout(&layout);
+    let archive = d.path().join("big.clip");
+    index(&layout, "big", &archive);
+    let cache = d.path().join("cache");
+    let m = Mounted::new(&archive, &layout, &d.path().join("mnt"), &cache);
+    assert_eq!(
+        std::fs::read(m.dir.join("small.txt")).unwrap(),
+        b"a small file after a big one\n"
+    );
+    let s = m.stats();
+    assert_eq!(s["spans_decoded"], 1, "{s}");
+    assert!(s["bytes_decoded"].as_u64().unwrap() <= 2 << 20, "{s}");
+    assert!(
+        s["compressed_bytes_read"].as_u64().unwrap() <= 2 << 20,
+        "{s}"
+    );
+    m.unmount();
+    // A new mount (a new process, no page cache) with the same cache dir.
+    let m = Mounted::new(&archive, &layout, &d.path().join("mnt"), &cache);
+    assert_eq!(
+        std::fs::read(m.dir.join("small.txt")).unwrap(),
+        b"a small file after a big one\n"
+    );
+    let s = m.stats();
+    assert_eq!(s["compressed_bytes_read"], 0, "{s}");
+    assert_eq!(s["spans_decoded"], 0, "{s}");
+    assert_eq!(s["disk_hits"], 1, "{s}");
+    m.unmount();
+}
+
+#[test]
+fn span_cache_survives_sigkill_and_detects_corruption() {
+    let d = tmp();
+    let layout = d.path().join("layout");
+    let files = busy_layout(&layout);
+    let archive = d.path().join("busy.clip");
+    index(&layout, "busy", &archive);
+    let cache = d.path().join("cache");
+    let mnt = d.path().join("mnt");
+    let m = Mounted::new(&archive, &layout, &mnt, &cache);
+    for (name, want) in files.iter().step_by(3) {
+        assert!(std::fs::read(m.dir.join(name)).unwrap() == *want, "{name}");
+    }
+    // SIGKILL the mount process mid-life: the mount goes stale; clean it up.
+    let status = Command::new("pkill")
+        .arg("-KILL")
+        .arg("-f")
+        .arg(format!("clipctl mount {}", archive.display()))
+        .status()
+        .unwrap();
+    assert!(status.success(), "no mount process to kill");
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = Command::new("umount").arg("-l").arg(&m.dir).status();
+    drop(m);
+    // Corrupt one cached span file.
+    let span_files: Vec<PathBuf> = walk_files(&cache.join("spans"));
+    assert!(!span_files.is_empty(), "nothing was cached");
+    let victim = &span_files[0];
+    let mut bytes = std::fs::read(victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(victim, bytes).unwrap();
+    // Remount with the same cache: every byte still right; the corruption is seen.
+    let m = Mounted::new(&archive, &layout, &mnt, &cache);
+    for (name, want) in &files {
+        let got = std::fs::read(m.dir.join(name)).unwrap_or_else(|e| {
+            let log = std::fs::read_to_string(mnt.with_extension("log")).unwrap_or_default();
+            panic!("{name} after kill/corruption: {e}\nmount log:\n{log}")
+        });
+        assert!(got == *want, "{name} after kill/corruption");
+    }
+    let s = m.stats();
+    // Concurrent first readers of the bad file may each see (and count) it.
+    assert!(s["corrupt"].as_u64().unwrap() >= 1, "{s}");
+    m.unmount();
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else if !e.file_name().to_string_lossy().starts_with(".tmp-") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
