@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make bench: builds a realistic image (scripts/bench-image.sh), then measures clip
 # against baselines taken in the same run on the same machine, prints a table and
-# writes BENCHMARKS.md. Times are the median of $RUNS runs.
+# writes BENCHMARKS.md; then scripts/bench-mount.sh adds the mount benchmarks.
+# Times are the median of $RUNS runs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -88,3 +89,7 @@ md = ["# Benchmarks", "", "Produced by `make bench` (scripts/bench.sh); numbers 
       "## Indexing (issue 3)", "", head, "", *table, ""]
 open(sys.argv[2], "w").write("\n".join(md))
 PY
+
+# Mount benchmarks (issue 4): clip's FUSE mount against the unpacked tree, zcat and
+# ratarmount; (re)writes the section "## Mount (issue 4)" of BENCHMARKS.md.
+RUNS=$RUNS "$root/scripts/bench-mount.sh"

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use crate::archive::{self, Archive, LayerRecord, Meta, StorageRef};
+use crate::archive::{self, Archive, Meta, StorageRef};
 use crate::codec::{DEFAULT_SPAN_SIZE, MAX_SPAN_SIZE, MIN_SPAN_SIZE};
 use crate::error::{Error, Result};
 use crate::index::{self, LayerIndex};
@@ -212,8 +212,8 @@ fn index_layers(
                             let c = completed.fetch_add(1, Ordering::SeqCst) + 1;
                             if let Some(p) = &opts.progress {
                                 let done = index::layer::LayerProgress {
-                                    compressed_done: li.compressed_size,
-                                    uncompressed_done: li.codec.uncompressed_size,
+                                    compressed_done: li.record.compressed_size,
+                                    uncompressed_done: li.record.codec.uncompressed_size,
                                 };
                                 p(&event(Stage::Completed, done, c, li.entries.len()));
                             }
@@ -278,8 +278,11 @@ fn finish(
     let storage = storage_ref(opts, &image)?;
     let tree = index::merge(&layers)?;
     let summary_layers = layers.len();
-    let compressed_size = layers.iter().map(|l| l.compressed_size).sum();
-    let uncompressed_size = layers.iter().map(|l| l.codec.uncompressed_size).sum();
+    let compressed_size = layers.iter().map(|l| l.record.compressed_size).sum();
+    let uncompressed_size = layers
+        .iter()
+        .map(|l| l.record.codec.uncompressed_size)
+        .sum();
     let archive = Archive {
         meta: Meta {
             created_by: format!("clip {}", crate::VERSION),
@@ -290,17 +293,7 @@ fn finish(
             config: image.config.clone(),
             span_size: opts.span_size,
         },
-        layers: layers
-            .into_iter()
-            .map(|l| LayerRecord {
-                digest: l.digest,
-                media_type: l.media_type,
-                compressed_size: l.compressed_size,
-                compression: l.compression,
-                diff_id: l.diff_id,
-                codec: l.codec,
-            })
-            .collect(),
+        layers: layers.into_iter().map(|l| l.record).collect(),
         tree,
     };
     if opts.cancel.load(Ordering::Relaxed) {

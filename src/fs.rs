@@ -121,6 +121,26 @@ pub fn attr_of(tree: &Tree, ino: u64) -> Option<FileAttr> {
     })
 }
 
+/// The entries of directory `ino` from position `offset` on, `.` and `..` first:
+/// (position, inode, name). `None` if `ino` does not exist.
+fn dir_entries(
+    tree: &Tree,
+    ino: u64,
+    offset: u64,
+) -> Option<impl Iterator<Item = (u64, u64, &[u8])>> {
+    let dir = tree.inode(ino)?;
+    let ents = tree.children(ino);
+    let total = ents.len() as u64 + 2;
+    Some((offset..total).map(move |off| match off {
+        0 => (off, ino, b".".as_slice()),
+        1 => (off, dir.parent as u64, b"..".as_slice()),
+        _ => {
+            let d = &ents[(off - 2) as usize];
+            (off, d.ino as u64, tree.name(d))
+        }
+    }))
+}
+
 fn guard<R>(f: impl FnOnce() -> R) -> Option<R> {
     catch_unwind(AssertUnwindSafe(f)).ok()
 }
@@ -283,21 +303,10 @@ impl Filesystem for ClipFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let tree = self.tree();
-        let Some(dir) = tree.inode(ino.0) else {
+        let Some(entries) = dir_entries(self.tree(), ino.0, offset) else {
             return reply.error(Errno::ENOENT);
         };
-        let ents = tree.children(ino.0);
-        let total = ents.len() as u64 + 2;
-        for off in offset..total {
-            let (child, name): (u64, &[u8]) = match off {
-                0 => (ino.0, b"."),
-                1 => (dir.parent as u64, b".."),
-                _ => {
-                    let d = &ents[(off - 2) as usize];
-                    (d.ino as u64, tree.name(d))
-                }
-            };
+        for (off, child, name) in entries {
             let kind = self.attr(child).map_or(FileType::RegularFile, |a| a.kind);
             if reply.add(INodeNo(child), off + 1, kind, OsStr::from_bytes(name)) {
                 break;
@@ -314,21 +323,10 @@ impl Filesystem for ClipFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let tree = self.tree();
-        let Some(dir) = tree.inode(ino.0) else {
+        let Some(entries) = dir_entries(self.tree(), ino.0, offset) else {
             return reply.error(Errno::ENOENT);
         };
-        let ents = tree.children(ino.0);
-        let total = ents.len() as u64 + 2;
-        for off in offset..total {
-            let (child, name): (u64, &[u8]) = match off {
-                0 => (ino.0, b"."),
-                1 => (dir.parent as u64, b".."),
-                _ => {
-                    let d = &ents[(off - 2) as usize];
-                    (d.ino as u64, tree.name(d))
-                }
-            };
+        for (off, child, name) in entries {
             let Some(a) = self.attr(child) else { continue };
             if reply.add(
                 INodeNo(child),

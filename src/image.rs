@@ -202,13 +202,7 @@ impl Image {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(c.data.clone());
         }
-        let (s, e) = self.archive.layers[layer].codec.span_range(span);
-        let mut data = Vec::with_capacity((e - s) as usize);
-        self.decode_spans(layer, span, span, &mut |_, d| {
-            data.extend_from_slice(d);
-            Ok(())
-        })?;
-        let data = Arc::new(data);
+        let data = Arc::new(self.decode_span(layer, span)?);
         *self.cache.lock().expect("cache lock") = Some(CachedSpan {
             layer,
             span,

@@ -151,26 +151,38 @@ impl Store {
     /// Removes temporary files left by crashed writers (older than a minute, so
     /// writes in progress in other processes are left alone).
     fn clean_temporaries(&self) {
+        for (path, meta) in self.files() {
+            let old = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(60));
+            let tmp = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"));
+            if tmp && old {
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+
+    /// Every file in the cache (`spans/<xx>/<name>`) with its metadata.
+    fn files(&self) -> Vec<(PathBuf, fs::Metadata)> {
+        let mut out = Vec::new();
         let Ok(top) = fs::read_dir(&self.dir) else {
-            return;
+            return out;
         };
         for sub in top.flatten() {
             let Ok(entries) = fs::read_dir(sub.path()) else {
                 continue;
             };
             for e in entries.flatten() {
-                let name = e.file_name();
-                let old = e
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > Duration::from_secs(60));
-                if name.to_string_lossy().starts_with(".tmp-") && old {
-                    let _ = fs::remove_file(e.path());
+                if let Ok(m) = e.metadata() {
+                    out.push((e.path(), m));
                 }
             }
         }
+        out
     }
 
     /// Reads uncompressed bytes of layer `layer` at `off` into `buf`.
@@ -323,26 +335,12 @@ impl Store {
 
     /// Removes least recently used spans until the cache is under 90% of its limit.
     pub fn evict(&self) {
-        let mut files = Vec::new();
-        let mut total = 0u64;
-        let Ok(top) = fs::read_dir(&self.dir) else {
-            return;
-        };
-        for sub in top.flatten() {
-            let Ok(entries) = fs::read_dir(sub.path()) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                if let Ok(m) = e.metadata() {
-                    total += m.len();
-                    files.push((
-                        m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                        m.len(),
-                        e.path(),
-                    ));
-                }
-            }
-        }
+        let mut files: Vec<(SystemTime, u64, PathBuf)> = self
+            .files()
+            .into_iter()
+            .map(|(p, m)| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), p))
+            .collect();
+        let mut total: u64 = files.iter().map(|f| f.1).sum();
         if total <= self.max_bytes {
             return;
         }

@@ -8,6 +8,7 @@ use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
 
+use crate::archive::LayerRecord;
 use crate::codec::{self, CodecIndex};
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
@@ -19,21 +20,12 @@ const READ_CHUNK: usize = 1 << 20;
 /// Uncompressed chunks in flight between the decompressing and parsing threads.
 const PIPELINE_DEPTH: usize = 16;
 
-/// Everything clip keeps about one layer.
+/// Everything indexing learns about one layer: what the archive keeps (digests,
+/// sizes, checkpoints, spans) and the tar entries the merge consumes.
 #[derive(Debug, Clone)]
 pub struct LayerIndex {
-    /// Blob digest (verified).
-    pub digest: Digest,
-    /// Media type from the manifest.
-    pub media_type: String,
-    /// Compressed size.
-    pub compressed_size: u64,
-    /// Actual compression of the blob.
-    pub compression: Compression,
-    /// sha256 of the uncompressed stream (verified against the config).
-    pub diff_id: Digest,
-    /// Checkpoints and span hashes.
-    pub codec: CodecIndex,
+    /// The layer as the archive stores it.
+    pub record: LayerRecord,
     /// The tar entries, in stream order.
     pub entries: Vec<Entry>,
 }
@@ -105,12 +97,14 @@ fn index_layer_inner(
             });
         }
         Ok(LayerIndex {
-            digest: layer.desc.digest,
-            media_type: layer.desc.media_type.clone(),
-            compressed_size: layer.desc.size,
-            compression,
-            diff_id,
-            codec,
+            record: LayerRecord {
+                digest: layer.desc.digest,
+                media_type: layer.desc.media_type.clone(),
+                compressed_size: layer.desc.size,
+                compression,
+                diff_id,
+                codec,
+            },
             entries,
         })
     })

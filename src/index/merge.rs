@@ -383,7 +383,7 @@ pub fn merge(layers: &[LayerIndex]) -> Result<Tree> {
         nodes: vec![implicit_dir()],
     };
     for (li, layer) in layers.iter().enumerate() {
-        let wrap = |e: Error| e.with_layer(layer.digest);
+        let wrap = |e: Error| e.with_layer(layer.record.digest);
         let mut is_whiteout = vec![false; layer.entries.len()];
         for (i, e) in layer.entries.iter().enumerate() {
             is_whiteout[i] = b.apply_whiteout(e).map_err(wrap)?;
