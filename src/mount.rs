@@ -33,8 +33,8 @@ impl Default for MountOptions {
             cache_dir: default_cache_dir(),
             cache_max_bytes: DEFAULT_MAX_BYTES,
             allow_other: false,
-            read_threads: 16,
-            event_threads: 4,
+            read_threads: 8,
+            event_threads: 2,
         }
     }
 }

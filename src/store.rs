@@ -71,9 +71,13 @@ pub struct StoreStats {
     pub compressed_bytes_read: u64,
 }
 
+/// The outcome of a fetch: the span is in its cache file (`None`), or, when the
+/// cache cannot be written, in memory.
+type Fetched = Option<Arc<Vec<u8>>>;
+
 #[derive(Default)]
 struct Flight {
-    done: Mutex<Option<std::result::Result<Arc<Vec<u8>>, String>>>,
+    done: Mutex<Option<std::result::Result<Fetched, String>>>,
     cv: Condvar,
 }
 
@@ -214,29 +218,36 @@ impl Store {
     /// Reads `dst.len()` bytes at `within` of span `k`.
     fn read_span(&self, layer: usize, k: usize, within: u64, dst: &mut [u8]) -> Result<()> {
         let hash = self.image.archive().layers[layer].codec.spans[k].hash;
-        if let Some(f) = self.cached_file(&hash)? {
-            if f.read_exact_at(dst, within).is_ok() {
+        for _ in 0..3 {
+            if let Some(f) = self.cached_file(&hash)? {
+                if f.read_exact_at(dst, within).is_ok() {
+                    return Ok(());
+                }
+                // Evicted or replaced under us: forget it and fetch.
+                self.forget(&hash);
+            }
+            let fetched = self.fetch(layer, k, hash)?;
+            // Two demand misses on consecutive spans: a reader streaming in layer
+            // order (tar order is directory order), so decode the next span on
+            // another core. A lone cold read still inflates exactly one span.
+            let streaming = {
+                let mut last = self.last_miss.lock().expect("last miss lock");
+                let s = last.get(&layer).is_some_and(|&p| p + 1 == k);
+                last.insert(layer, k);
+                s
+            };
+            if streaming {
+                self.prefetch_next(layer, k);
+            }
+            if let Some(data) = fetched {
+                let w = within as usize;
+                dst.copy_from_slice(&data[w..w + dst.len()]);
                 return Ok(());
             }
-            // Evicted or replaced under us: forget it and fetch.
-            self.forget(&hash);
         }
-        let data = self.fetch(layer, k, hash)?;
-        // Two demand misses on consecutive spans: a reader streaming in layer order
-        // (tar order is directory order), so decode the next span on another core.
-        // A lone cold read still inflates exactly one span.
-        let streaming = {
-            let mut last = self.last_miss.lock().expect("last miss lock");
-            let s = last.get(&layer).is_some_and(|&p| p + 1 == k);
-            last.insert(layer, k);
-            s
-        };
-        if streaming {
-            self.prefetch_next(layer, k);
-        }
-        let w = within as usize;
-        dst.copy_from_slice(&data[w..w + dst.len()]);
-        Ok(())
+        Err(Error::format(format!(
+            "span {k} of layer {layer} keeps disappearing from the cache"
+        )))
     }
 
     fn forget(&self, hash: &[u8; 32]) {
@@ -278,7 +289,7 @@ impl Store {
 
     /// Fetches, decodes, verifies and caches span `k`; concurrent callers for the
     /// same span share one fetch.
-    fn fetch(&self, layer: usize, k: usize, hash: [u8; 32]) -> Result<Arc<Vec<u8>>> {
+    fn fetch(&self, layer: usize, k: usize, hash: [u8; 32]) -> Result<Fetched> {
         let (flight, leader) = {
             let mut map = self.inflight.lock().expect("inflight lock");
             match map.get(&hash) {
@@ -299,38 +310,70 @@ impl Store {
             return done.as_ref().expect("set").clone().map_err(Error::Format);
         }
         self.counters.fetches.fetch_add(1, Ordering::Relaxed);
-        let r = self.image.decode_span(layer, k).map(Arc::new);
-        if let Ok(data) = &r
-            && let Err(e) = self.store(&hash, data)
-        {
-            tracing::warn!("cannot cache span: {e}");
-        }
+        let r = self.fetch_to_file(layer, k, &hash);
         *flight.done.lock().expect("flight lock") =
-            Some(r.as_ref().map(Arc::clone).map_err(|e| e.to_string()));
+            Some(r.as_ref().map(Clone::clone).map_err(|e| e.to_string()));
         flight.cv.notify_all();
         self.inflight.lock().expect("inflight lock").remove(&hash);
         r
     }
 
-    fn store(&self, hash: &[u8; 32], data: &[u8]) -> Result<()> {
+    /// Decodes span `k` straight into a temporary file in the cache (no span-sized
+    /// buffer) and renames it into place. If the cache cannot be written, the span
+    /// is decoded into memory instead, so reads never fail for a full disk.
+    fn fetch_to_file(&self, layer: usize, k: usize, hash: &[u8; 32]) -> Result<Fetched> {
         let path = self.span_path(hash);
         let dir = path.parent().expect("has a parent");
-        fs::create_dir_all(dir).ctx("creating", dir)?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(dir)
-            .ctx("creating a temporary file in", dir)?;
-        tmp.write_all(data).ctx("writing", tmp.path())?;
-        tmp.persist(&path)
-            .map_err(|e| Error::io("renaming into", &path, e.error))?;
-        self.verified.lock().expect("verified lock").insert(*hash);
-        let added = self.added.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
-        // Check the limit every 64 MiB written by this process.
+        let mut write_failed: Option<Error> = None;
+        let tmp = fs::create_dir_all(dir)
+            .and_then(|_| tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir))
+            .map_err(|e| Error::io("creating a span file in", dir, e));
+        if let Ok(tmp) = tmp {
+            let mut w = std::io::BufWriter::with_capacity(64 << 10, tmp.as_file());
+            let decoded = self.image.decode_spans(layer, k, k, &mut |_, d| {
+                w.write_all(d).map_err(|e| {
+                    let err = Error::io("writing", tmp.path(), e);
+                    write_failed = Some(Error::io(
+                        "writing",
+                        tmp.path(),
+                        std::io::Error::other(err.to_string()),
+                    ));
+                    err
+                })
+            });
+            match (decoded, write_failed.take()) {
+                (Ok(()), None) => {
+                    w.flush().ctx("writing", tmp.path())?;
+                    drop(w);
+                    let len = tmp.as_file().metadata().map(|m| m.len()).unwrap_or(0);
+                    match tmp.persist(&path) {
+                        Ok(_) => {
+                            self.verified.lock().expect("verified lock").insert(*hash);
+                            self.account(len);
+                            return Ok(None);
+                        }
+                        Err(e) => {
+                            tracing::warn!("cannot cache span at {}: {}", path.display(), e.error)
+                        }
+                    }
+                }
+                (Err(e), None) => return Err(e),
+                (_, Some(e)) => tracing::warn!("cannot cache span: {e}"),
+            }
+        } else if let Err(e) = tmp {
+            tracing::warn!("cannot cache span: {e}");
+        }
+        Ok(Some(Arc::new(self.image.decode_span(layer, k)?)))
+    }
+
+    /// Counts bytes added to the cache and evicts past the limit (checked every
+    /// 64 MiB written by this process).
+    fn account(&self, len: u64) {
+        let added = self.added.fetch_add(len, Ordering::Relaxed) + len;
         if added >= 64 << 20 {
             self.added.store(0, Ordering::Relaxed);
             self.evict();
         }
-        Ok(())
     }
 
     /// Removes least recently used spans until the cache is under 90% of its limit.

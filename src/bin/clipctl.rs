@@ -636,6 +636,12 @@ fn daemonize() -> Result<()> {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        // Few malloc arenas: the mount's threads decode spans in turn, and glibc's
+        // default of 8 arenas per core keeps their buffers resident.
+        .env(
+            "MALLOC_ARENA_MAX",
+            std::env::var_os("MALLOC_ARENA_MAX").unwrap_or_else(|| "2".into()),
+        )
         .process_group(0)
         .spawn()?;
     let mut line = String::new();

@@ -336,7 +336,9 @@ impl StreamIndexer for GzipIndexer {
     }
 }
 
-const READ_CHUNK: usize = 256 << 10;
+/// Compressed bytes read at a time, and the decoder's output chunk, when decoding
+/// one span for a reader (small: many run at once on a mount's threads).
+const READ_CHUNK: usize = 64 << 10;
 
 /// Decodes from checkpoint `cp`, reading compressed bytes from `input` (which starts
 /// at `cp.in_offset`), until `out` has everything it wants.
@@ -381,6 +383,7 @@ pub(crate) fn decode_stream(
         }
     };
     inf.set_stop_at_block_end(true);
+    inf.set_chunk_size(READ_CHUNK);
     loop {
         let st = inf.decode().map_err(|e| {
             Error::format(format!(
@@ -407,6 +410,7 @@ pub(crate) fn decode_stream(
                         let mut next = Box::new(Inflater::new());
                         next.feed(&rest[8 + len..]);
                         next.set_stop_at_block_end(true);
+                        next.set_chunk_size(READ_CHUNK);
                         inf = next;
                         break;
                     }
