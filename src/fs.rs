@@ -155,6 +155,9 @@ impl Filesystem for ClipFs {
                 | InitFlags::FUSE_ASYNC_READ,
         );
         let _ = config.set_max_readahead(1 << 20);
+        // fuser sizes FUSE_MAX_PAGES from max(max_write, max_readahead): a large
+        // max_write (we never write) lets the kernel send 1 MiB reads.
+        let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_background(64);
         Ok(())
     }

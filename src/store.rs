@@ -94,8 +94,8 @@ pub struct Store {
     verified: Mutex<HashSet<[u8; 32]>>,
     added: AtomicU64,
     counters: Counters,
-    /// Per layer, the span of the last demand miss.
-    last_miss: Mutex<HashMap<usize, usize>>,
+    /// Per layer, the span read last.
+    last_span: Mutex<HashMap<usize, usize>>,
     /// A weak handle on itself, for background prefetches.
     me: Mutex<std::sync::Weak<Store>>,
 }
@@ -114,7 +114,7 @@ impl Store {
             verified: Mutex::new(HashSet::new()),
             added: AtomicU64::new(0),
             counters: Counters::default(),
-            last_miss: Mutex::new(HashMap::new()),
+            last_span: Mutex::new(HashMap::new()),
             me: Mutex::new(std::sync::Weak::new()),
         };
         store.clean_temporaries();
@@ -218,6 +218,17 @@ impl Store {
     /// Reads `dst.len()` bytes at `within` of span `k`.
     fn read_span(&self, layer: usize, k: usize, within: u64, dst: &mut [u8]) -> Result<()> {
         let hash = self.image.archive().layers[layer].codec.spans[k].hash;
+        // A reader moving on to the next span of a layer is streaming in layer order
+        // (tar order is directory order): decode the span after it on another core.
+        // A lone cold read still inflates exactly one span.
+        let moved_on = {
+            let mut last = self.last_span.lock().expect("last span lock");
+            let prev = last.insert(layer, k);
+            k > 0 && prev == Some(k - 1)
+        };
+        if moved_on {
+            self.prefetch_next(layer, k);
+        }
         for _ in 0..3 {
             if let Some(f) = self.cached_file(&hash)? {
                 if f.read_exact_at(dst, within).is_ok() {
@@ -226,20 +237,7 @@ impl Store {
                 // Evicted or replaced under us: forget it and fetch.
                 self.forget(&hash);
             }
-            let fetched = self.fetch(layer, k, hash)?;
-            // Two demand misses on consecutive spans: a reader streaming in layer
-            // order (tar order is directory order), so decode the next span on
-            // another core. A lone cold read still inflates exactly one span.
-            let streaming = {
-                let mut last = self.last_miss.lock().expect("last miss lock");
-                let s = last.get(&layer).is_some_and(|&p| p + 1 == k);
-                last.insert(layer, k);
-                s
-            };
-            if streaming {
-                self.prefetch_next(layer, k);
-            }
-            if let Some(data) = fetched {
+            if let Some(data) = self.fetch(layer, k, hash)? {
                 let w = within as usize;
                 dst.copy_from_slice(&data[w..w + dst.len()]);
                 return Ok(());
