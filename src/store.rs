@@ -117,9 +117,16 @@ impl Store {
             last_span: Mutex::new(HashMap::new()),
             me: Mutex::new(std::sync::Weak::new()),
         };
-        store.clean_temporaries();
         let store = Arc::new(store);
         *store.me.lock().expect("self lock") = Arc::downgrade(&store);
+        // Sweeping the cache stats every span file (tens of ms on a cold disk):
+        // keep it off the path to a live mount.
+        let weak = Arc::downgrade(&store);
+        std::thread::spawn(move || {
+            if let Some(s) = weak.upgrade() {
+                s.clean_temporaries();
+            }
+        });
         Ok(store)
     }
 
