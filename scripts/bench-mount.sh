@@ -35,16 +35,7 @@ die() { echo "bench-mount: $*" >&2; exit 1; }
 [ -f "$clip" ] || die "$clip missing: run scripts/bench.sh (it indexes the bench image)"
 command -v fusermount >/dev/null || command -v fusermount3 >/dev/null || die "fusermount missing"
 
-mapfile -t layers < <(python3 - "$layout" <<'PY'
-import json, sys
-root = sys.argv[1]
-idx = json.load(open(f"{root}/index.json"))
-m = next(m for m in idx["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == "bench")
-man = json.load(open(f"{root}/blobs/sha256/" + m["digest"].split(":")[1]))
-for l in man["layers"]:
-    print(f"{root}/blobs/sha256/" + l["digest"].split(":")[1])
-PY
-)
+mapfile -t layers < <(python3 "$root/scripts/bench-layers.py" "$layout")
 
 # ---------------------------------------------------------------- mounts and cleanup
 is_mounted() { awk -v p="$1" '$2 == p { f = 1 } END { exit !f }' /proc/mounts; }

@@ -17,16 +17,7 @@ if [ ! -x "$work/venv/bin/rapidgzip" ]; then
 fi
 rapidgzip=$work/venv/bin/rapidgzip
 layout=$work/layout
-mapfile -t layers < <(python3 - "$layout" <<'PY'
-import json, sys
-root = sys.argv[1]
-idx = json.load(open(f"{root}/index.json"))
-m = next(m for m in idx["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == "bench")
-man = json.load(open(f"{root}/blobs/sha256/" + m["digest"].split(":")[1]))
-for l in man["layers"]:
-    print(f"{root}/blobs/sha256/" + l["digest"].split(":")[1])
-PY
-)
+mapfile -t layers < <(python3 "$root/scripts/bench-layers.py" "$layout")
 
 # time_cmd: prints "seconds maxrss_kb" of the median run.
 time_cmd() {
