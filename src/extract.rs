@@ -204,7 +204,6 @@ fn write_layer_files(image: &Image, layer: usize, list: &[(u64, u64, PathBuf)]) 
     let mut idx = 0usize;
     let mut cur: Option<(File, usize)> = None;
     let mut written = 0u64;
-    let last_end = list.iter().map(|(o, s, _)| o + s).max().unwrap_or(0);
     let mut sink = |pos: u64, data: &[u8]| -> Result<()> {
         let end = pos + data.len() as u64;
         while idx < list.len() {
@@ -236,12 +235,10 @@ fn write_layer_files(image: &Image, layer: usize, list: &[(u64, u64, PathBuf)]) 
                 break;
             }
         }
-        if pos >= last_end {
-            // Nothing more needed from this layer; the caller stops at the stream end.
-        }
         Ok(())
     };
-    image.stream_layer(layer, &mut sink)?;
+    let end = list.iter().map(|(o, s, _)| o + s).max().unwrap_or(0);
+    image.stream_layer(layer, end, &mut sink)?;
     if idx < list.len() {
         return Err(Error::format(format!(
             "layer {layer} ended before all files were written"

@@ -180,18 +180,20 @@ impl Image {
         Ok(())
     }
 
-    /// Streams the whole uncompressed layer in order, verified span by span:
-    /// `sink(offset, bytes)`.
+    /// Streams the uncompressed layer in order from its start through offset `end`
+    /// (exclusive; whole spans), verified span by span: `sink(offset, bytes)`.
     pub fn stream_layer(
         &self,
         layer: usize,
+        end: u64,
         sink: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
     ) -> Result<()> {
-        let n = self.archive.layers[layer].codec.spans.len();
-        if n == 0 {
-            return Ok(());
+        let codec = &self.archive.layers[layer].codec;
+        let end = end.min(codec.uncompressed_size);
+        match end.checked_sub(1).and_then(|e| codec.span_at(e)) {
+            Some(last) => self.decode_spans(layer, 0, last, sink),
+            None => Ok(()),
         }
-        self.decode_spans(layer, 0, n - 1, sink)
     }
 
     fn span_bytes(&self, layer: usize, span: usize) -> Result<Arc<Vec<u8>>> {
