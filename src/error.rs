@@ -1,6 +1,11 @@
 //! Errors: one enum for the whole crate, with context wrappers that name the thing
 //! at fault (a path, a layer, an archive), and a stable [`ErrorCode`] per kind that
 //! the C ABI and the CLI expose.
+//!
+//! Every message is complete on its own (`layer sha256:..: blob is truncated`), so
+//! the wrappers do not also expose their cause through `Error::source`: a chain
+//! printer (anyhow's `{:#}`, a C caller's log) would otherwise say it twice.
+//! [`ErrorCode`] looks through the wrappers.
 
 use std::fmt;
 use std::io;
@@ -34,15 +39,14 @@ pub enum ErrorCode {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O operation on a named file failed.
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}: {err}", path.display())]
     Io {
         /// What was being done ("reading", "creating", ...).
         op: &'static str,
         /// The file at fault.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: io::Error,
+        err: io::Error,
     },
     /// A named thing does not exist.
     #[error("{0}")]
@@ -81,22 +85,20 @@ pub enum Error {
     #[error("operation cancelled")]
     Canceled,
     /// An error while processing one layer.
-    #[error("layer {digest}: {source}")]
+    #[error("layer {digest}: {inner}")]
     WithLayer {
         /// The layer's blob digest.
         digest: String,
         /// What went wrong.
-        #[source]
-        source: Box<Error>,
+        inner: Box<Error>,
     },
     /// An error concerning one path (of a file, an archive, a layout).
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {inner}", path.display())]
     WithPath {
         /// The path at fault.
         path: PathBuf,
         /// What went wrong.
-        #[source]
-        source: Box<Error>,
+        inner: Box<Error>,
     },
 }
 
@@ -104,9 +106,7 @@ impl Error {
     /// The stable code of this error (context wrappers are looked through).
     pub fn code(&self) -> ErrorCode {
         match self {
-            Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
-                ErrorCode::NotFound
-            }
+            Error::Io { err, .. } if err.kind() == io::ErrorKind::NotFound => ErrorCode::NotFound,
             Error::Io { .. } => ErrorCode::Generic,
             Error::NotFound(_) => ErrorCode::NotFound,
             Error::Invalid(_) => ErrorCode::Invalid,
@@ -115,32 +115,32 @@ impl Error {
             Error::Unsupported(_) => ErrorCode::Unsupported,
             Error::Auth(_) => ErrorCode::Auth,
             Error::Canceled => ErrorCode::Canceled,
-            Error::WithLayer { source, .. } | Error::WithPath { source, .. } => source.code(),
+            Error::WithLayer { inner, .. } | Error::WithPath { inner, .. } => inner.code(),
         }
     }
 
-    /// Wraps `source` in a context naming `path`.
+    /// Wraps this error in a context naming `path`.
     pub fn with_path(self, path: impl AsRef<Path>) -> Error {
         Error::WithPath {
             path: path.as_ref().to_path_buf(),
-            source: Box::new(self),
+            inner: Box::new(self),
         }
     }
 
-    /// Wraps `source` in a context naming the layer `digest`.
+    /// Wraps this error in a context naming the layer `digest`.
     pub fn with_layer(self, digest: impl fmt::Display) -> Error {
         Error::WithLayer {
             digest: digest.to_string(),
-            source: Box::new(self),
+            inner: Box::new(self),
         }
     }
 
     /// An I/O error on `path` while doing `op`.
-    pub fn io(op: &'static str, path: impl AsRef<Path>, source: io::Error) -> Error {
+    pub fn io(op: &'static str, path: impl AsRef<Path>, err: io::Error) -> Error {
         Error::Io {
             op,
             path: path.as_ref().to_path_buf(),
-            source,
+            err,
         }
     }
 

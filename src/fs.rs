@@ -38,6 +38,8 @@ pub struct ClipFs {
     next_fh: AtomicU64,
     /// Per open file: the offset a sequential reader would read next.
     seq: Arc<Mutex<HashMap<u64, u64>>>,
+    /// Sum of regular file sizes, for statfs (the tree never changes).
+    file_bytes: u64,
 }
 
 impl ClipFs {
@@ -60,7 +62,16 @@ impl ClipFs {
                 })
                 .expect("spawning a read thread");
         }
+        let file_bytes = store
+            .image()
+            .tree()
+            .inodes
+            .iter()
+            .filter(|i| i.kind() == Kind::File)
+            .map(|i| i.size)
+            .sum();
         ClipFs {
+            file_bytes,
             store,
             jobs: Mutex::new(tx),
             next_fh: AtomicU64::new(1),
@@ -346,18 +357,12 @@ impl Filesystem for ClipFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let tree = self.tree();
-        let bytes: u64 = tree
-            .inodes
-            .iter()
-            .filter(|i| i.kind() == Kind::File)
-            .map(|i| i.size)
-            .sum();
+        let files = self.tree().inodes.len() as u64;
         reply.statfs(
-            bytes.div_ceil(BLOCK as u64),
+            self.file_bytes.div_ceil(BLOCK as u64),
             0,
             0,
-            tree.inodes.len() as u64,
+            files,
             0,
             BLOCK,
             255,

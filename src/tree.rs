@@ -376,7 +376,8 @@ impl Tree {
             }
             let bad_range = match i.kind() {
                 Kind::Dir => {
-                    i.a + i.b as u64 > tree.dirents.len() as u64
+                    i.a.checked_add(i.b as u64)
+                        .is_none_or(|e| e > tree.dirents.len() as u64)
                         || i.parent == 0
                         || i.parent as u64 > n
                 }
@@ -418,5 +419,38 @@ impl Tree {
             }
         }
         Ok(tree)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(a: u64, b: u32) -> Inode {
+        Inode {
+            mode: S_IFDIR | 0o755,
+            nlink: 2,
+            parent: 1,
+            a,
+            b,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn decode_rejects_out_of_range_directories_without_panicking() {
+        let ok = Tree {
+            inodes: vec![dir(0, 0)],
+            ..Default::default()
+        };
+        assert!(Tree::decode(&ok.encode_inodes(), &[], &[], Vec::new(), 0).is_ok());
+        for (a, b) in [(u64::MAX, 1), (u64::MAX - 1, u32::MAX), (0, 1)] {
+            let bad = Tree {
+                inodes: vec![dir(a, b)],
+                ..Default::default()
+            };
+            let e = Tree::decode(&bad.encode_inodes(), &[], &[], Vec::new(), 0).unwrap_err();
+            assert!(e.to_string().contains("out of range"), "{e}");
+        }
     }
 }

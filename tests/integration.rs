@@ -7,46 +7,9 @@ mod util;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use util::*;
-
-fn clipctl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_clipctl"))
-}
-
-fn ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("spawn clipctl");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    out
-}
-
-/// Runs a command expected to fail; returns its stderr.
-fn fails(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn clipctl");
-    assert!(!out.status.success(), "{cmd:?} unexpectedly succeeded");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("clip-it-")
-        .tempdir()
-        .expect("temp dir")
-}
-
-fn index(layout: &Path, tag: &str, out: &Path) {
-    ok(clipctl()
-        .args(["index-layout", "--layout"])
-        .arg(layout)
-        .args(["--tag", tag, "--out"])
-        .arg(out));
-}
 
 fn extract(archive: &Path, layout: &Path, dest: &Path) {
     ok(clipctl()
@@ -76,7 +39,7 @@ fn assert_matches_umoci(dir: &Path, layout: &Path, tag: &str) -> PathBuf {
 
 #[test]
 fn tricky_layers_extract_like_umoci() {
-    let d = tmp();
+    let d = tmp("clip-it-");
     let layout = d.path().join("layout");
     tricky_layout(&layout, "tricky");
     let ours = assert_matches_umoci(d.path(), &layout, "tricky");
@@ -101,7 +64,7 @@ fn tricky_layers_extract_like_umoci() {
 
 #[test]
 fn escaping_paths_stay_inside_the_tree() {
-    let d = tmp();
+    let d = tmp("clip-it-");
     let layout = d.path().join("layout");
     escaping_layout(&layout, "esc");
     let archive = d.path().join("esc.clip");
@@ -123,7 +86,7 @@ fn escaping_paths_stay_inside_the_tree() {
 /// deletes, replaces and hardlinks), compared with umoci's unpack of it.
 #[test]
 fn umoci_made_image_extracts_like_umoci() {
-    let d = tmp();
+    let d = tmp("clip-it-");
     let layout = d.path().join("layout");
     let umoci = require_tool("umoci");
     let run = |args: &[&str]| {
@@ -161,7 +124,7 @@ fn umoci_made_image_extracts_like_umoci() {
 
 #[test]
 fn docker_media_types_and_platform_selection() {
-    let d = tmp();
+    let d = tmp("clip-it-");
     let layout = d.path().join("layout");
     let mut lb = LayoutBuilder::new(&layout);
     lb.flavor(Flavor::Docker);
@@ -215,7 +178,7 @@ fn docker_media_types_and_platform_selection() {
 /// A cat deep inside a 100 MiB+ gzip layer decodes one span, not the layer.
 #[test]
 fn cat_decodes_at_most_one_span_of_a_large_gzip_layer() {
-    let d = tmp();
+    let d = tmp("clip-it-");
     let layout = d.path().join("layout");
     let big = compressible_mixed(120 << 20);
     let mut t = TarBuilder::new();
@@ -292,7 +255,7 @@ fn cat_decodes_at_most_one_span_of_a_large_gzip_layer() {
 
 #[test]
 fn zstd_single_frame_layer_reports_one_checkpoint() {
-    let d = tmp();
+    let d = tmp("clip-it-");
     let layout = d.path().join("layout");
     let mut t = TarBuilder::new();
     t.file("a", compressible_mixed(5 << 20)).mode(0o644);
@@ -332,7 +295,7 @@ fn simple_layout(dir: &Path, tag: &str, c: Compression) -> ImageInfo {
 
 #[test]
 fn bad_inputs_give_clear_errors_and_leave_nothing() {
-    let d = tmp();
+    let d = tmp("clip-it-");
     let out = d.path().join("out.clip");
     let index_err = |layout: &Path, tag: &str| {
         let e = fails(
@@ -415,7 +378,7 @@ fn bad_inputs_give_clear_errors_and_leave_nothing() {
 
 #[test]
 fn corrupt_truncated_and_future_archives_are_refused() {
-    let d = tmp();
+    let d = tmp("clip-it-");
     let l = d.path().join("l");
     simple_layout(&l, "v1", Compression::Gzip);
     let good = d.path().join("good.clip");
@@ -459,7 +422,7 @@ fn corrupt_truncated_and_future_archives_are_refused() {
 
 #[test]
 fn ls_shows_the_merged_tree() {
-    let d = tmp();
+    let d = tmp("clip-it-");
     let layout = d.path().join("layout");
     tricky_layout(&layout, "t");
     let archive = d.path().join("t.clip");

@@ -14,17 +14,6 @@ use std::time::{Duration, Instant};
 
 use util::*;
 
-fn clipctl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_clipctl"))
-}
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("clip-mnt-")
-        .tempdir()
-        .expect("temp dir")
-}
-
 fn require_fuse() {
     assert!(
         Path::new("/dev/fuse").exists(),
@@ -115,20 +104,9 @@ impl Drop for Mounted {
     }
 }
 
-fn index(layout: &Path, tag: &str, out: &Path) {
-    let o = clipctl()
-        .args(["index-layout", "--layout"])
-        .arg(layout)
-        .args(["--tag", tag, "--out"])
-        .arg(out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
 #[test]
 fn mounted_tricky_tree_equals_umoci() {
-    let d = tmp();
+    let d = tmp("clip-mnt-");
     let layout = d.path().join("layout");
     tricky_layout(&layout, "t");
     let archive = d.path().join("t.clip");
@@ -184,7 +162,7 @@ fn busy_layout(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn thirty_two_threads_of_random_reads_are_exact() {
-    let d = tmp();
+    let d = tmp("clip-mnt-");
     let layout = d.path().join("layout");
     let files = Arc::new(busy_layout(&layout));
     let archive = d.path().join("busy.clip");
@@ -261,7 +239,7 @@ fn big_layout(dir: &Path) -> Vec<u8> {
 
 #[test]
 fn cold_read_inflates_one_span_and_warm_read_touches_no_source() {
-    let d = tmp();
+    let d = tmp("clip-mnt-");
     let layout = d.path().join("layout");
     big_layout(&layout);
     let archive = d.path().join("big.clip");
@@ -295,7 +273,7 @@ fn cold_read_inflates_one_span_and_warm_read_touches_no_source() {
 
 #[test]
 fn span_cache_survives_sigkill_and_detects_corruption() {
-    let d = tmp();
+    let d = tmp("clip-mnt-");
     let layout = d.path().join("layout");
     let files = busy_layout(&layout);
     let archive = d.path().join("busy.clip");

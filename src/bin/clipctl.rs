@@ -252,11 +252,7 @@ fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
-            // clip errors already name their causes; anyhow's chain would repeat them.
-            match e.downcast_ref::<clip::Error>() {
-                Some(ce) => eprintln!("clipctl: error: {ce}"),
-                None => eprintln!("clipctl: error: {e:#}"),
-            }
+            eprintln!("clipctl: error: {e:#}");
             ExitCode::FAILURE
         }
     }

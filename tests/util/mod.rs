@@ -13,12 +13,14 @@
 //!   fixture catalogue, with what umoci 0.4.7 does on each case.
 #![allow(dead_code, unused_imports)]
 
+pub mod cli;
 pub mod fixtures;
 pub mod layout;
 pub mod tar_builder;
 pub mod tools;
 pub mod tree_diff;
 
+pub use cli::*;
 pub use fixtures::*;
 pub use layout::*;
 pub use tar_builder::*;
