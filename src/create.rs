@@ -13,6 +13,7 @@ use crate::index::{self, LayerIndex};
 use crate::layout::Layout;
 use crate::oci::{Platform, ResolvedImage};
 use crate::reference::{Reference, RegistryRef};
+use crate::registry::RegistryOptions;
 
 /// Stage of a layer's progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,8 @@ pub struct Progress {
     pub completed_layers: usize,
     /// Files in the layer (set on `Completed`).
     pub files: usize,
+    /// Where the layer's bytes come from: `"registry"` or `"local-layout"`.
+    pub source: &'static str,
 }
 
 /// A progress callback; called from indexing threads.
@@ -66,6 +69,8 @@ pub struct CreateOptions {
     pub cancel: Arc<AtomicBool>,
     /// Progress callback.
     pub progress: Option<ProgressFn>,
+    /// How to reach registries (credentials, plain HTTP, retries).
+    pub registry: RegistryOptions,
 }
 
 impl Default for CreateOptions {
@@ -77,6 +82,7 @@ impl Default for CreateOptions {
             concurrency: 0,
             cancel: Arc::new(AtomicBool::new(false)),
             progress: None,
+            registry: RegistryOptions::default(),
         }
     }
 }
@@ -184,6 +190,7 @@ fn index_layers(
                         uncompressed_done: done.uncompressed_done,
                         completed_layers,
                         files,
+                        source: "local-layout",
                     };
                     if let Some(p) = &opts.progress {
                         p(&event(Stage::Starting, Default::default(), 0, 0));

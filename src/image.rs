@@ -45,6 +45,15 @@ struct CachedSpan {
     data: Arc<Vec<u8>>,
 }
 
+/// Where an image's layer bytes are read from (see [`Image::open`]).
+#[derive(Debug, Clone, Default)]
+pub struct SourceOptions {
+    /// A local OCI layout holding the layer blobs (wins over the storage reference).
+    pub layout: Option<std::path::PathBuf>,
+    /// How to reach the registry of the archive's storage reference.
+    pub registry: crate::registry::RegistryOptions,
+}
+
 /// An archive with a source for each layer.
 pub struct Image {
     archive: Archive,
@@ -82,10 +91,46 @@ impl Image {
         })
     }
 
+    /// Opens the archive at `archive_path` with its layers read from where `opts`
+    /// says: the layout given, else the registry the archive's storage reference
+    /// names, else the layout it was indexed from if that is still there.
+    pub fn open(archive_path: &Path, opts: &SourceOptions) -> Result<Image> {
+        let archive = archive::read(archive_path)?;
+        Image::bind(archive, opts)
+    }
+
+    /// Binds an archive already read to the layer sources `opts` selects (see
+    /// [`Image::open`]).
+    pub fn bind(archive: Archive, opts: &SourceOptions) -> Result<Image> {
+        if let Some(layout) = &opts.layout {
+            return Image::with_layout(archive, layout);
+        }
+        if let Some(s) = archive.meta.storage.as_ref().filter(|s| !s.registry.is_empty()) {
+            let sources = crate::registry::source::layer_sources(&archive, s, &opts.registry)?;
+            return Image::new(archive, sources);
+        }
+        if let Some(rest) = archive.meta.source.strip_prefix("oci:") {
+            let dir = match crate::reference::Reference::parse(&archive.meta.source) {
+                Ok(crate::reference::Reference::Layout { path, .. }) => path,
+                _ => rest.into(),
+            };
+            if dir.join("oci-layout").is_file() {
+                return Image::with_layout(archive, &dir);
+            }
+        }
+        Err(Error::Invalid(format!(
+            "the archive records no registry to fetch layers from and its source ({}) is not a layout here; give a layout",
+            archive.meta.source
+        )))
+    }
+
     /// Opens the archive at `archive_path` with its layers read from the OCI layout
     /// at `layout` (blobs are looked up by digest).
     pub fn open_with_layout(archive_path: &Path, layout: &Path) -> Result<Image> {
-        let archive = archive::read(archive_path)?;
+        Image::with_layout(archive::read(archive_path)?, layout)
+    }
+
+    fn with_layout(archive: Archive, layout: &Path) -> Result<Image> {
         let mut sources: Vec<Arc<dyn RangeSource>> = Vec::new();
         for l in &archive.layers {
             let p = layout.join("blobs").join("sha256").join(l.digest.hex());

@@ -22,6 +22,7 @@
 //! - [`archive`]: the `.clip` file format (see `docs/FORMAT.md`), writer and reader.
 //! - [`image`]: an opened archive bound to its layer sources: read files, extract.
 //! - [`reference`]: image references (`host/repo:tag`, `@sha256:`, `oci:/dir:tag`).
+//! - [`registry`]: the OCI distribution API client (auth, retries, Range reads).
 //! - [`create`]: the high-level "index this image into that archive" operation.
 //!
 //! The `clipctl` binary and the C ABI are thin layers over this API.
@@ -41,6 +42,7 @@ pub mod layout;
 pub mod mount;
 pub mod oci;
 pub mod reference;
+pub mod registry;
 pub mod source;
 pub mod store;
 pub mod tar;
