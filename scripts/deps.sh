@@ -2,7 +2,7 @@
 # Installs the Debian packages clip's tests, demo and benchmarks use, if missing.
 set -euo pipefail
 need=()
-for pair in fusermount3:fuse3 umoci:umoci skopeo:skopeo getfattr:attr zstd:zstd gzip:gzip python3:python3 debootstrap:debootstrap; do
+for pair in fusermount3:fuse3 umoci:umoci skopeo:skopeo getfattr:attr zstd:zstd gzip:gzip python3:python3 debootstrap:debootstrap htpasswd:apache2-utils openssl:openssl; do
   cmd=${pair%%:*} pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
