@@ -937,3 +937,54 @@ fn secrets_never_reach_logs_or_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn multi_platform_index_in_registry_selects_platform() {
+    let reg = TestRegistry::start(RegistryAuth::None);
+    let d = tmp("clip-reg-multi-");
+    let layout = d.path().join("layout");
+    let mut lb = LayoutBuilder::new(&layout);
+    let mut t = TarBuilder::new();
+    t.dir("etc").mode(0o755);
+    t.file("etc/which", "docker amd64\n").mode(0o644);
+    lb.add_layer(&t.finish(), Compression::Gzip);
+    let amd = lb.take_image();
+    let mut t = TarBuilder::new();
+    t.file("etc/which", "arm64 v8\n").mode(0o644);
+    lb.add_layer(&t.finish(), Compression::Gzip);
+    let arm = lb.take_image();
+    lb.write_index_image(
+        Some("multi"),
+        &[
+            ("linux", "amd64", None, &amd),
+            ("linux", "arm64", Some("v8"), &arm),
+        ],
+    );
+    reg.push(&layout, "multi", "multi:v1");
+    for (platform, want) in [
+        ("linux/amd64", "docker amd64\n"),
+        ("linux/arm64", "arm64 v8\n"),
+    ] {
+        let archive = d
+            .path()
+            .join(format!("{}.clip", platform.replace('/', "-")));
+        ok(clipctl()
+            .arg("create")
+            .arg(format!("{}/multi:v1", reg.host()))
+            .args(["--platform", platform, "--out"])
+            .arg(&archive));
+        let out = ok(clipctl().arg("cat").arg(&archive).arg("/etc/which"));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    }
+    let e = fails(
+        clipctl()
+            .arg("create")
+            .arg(format!("{}/multi:v1", reg.host()))
+            .args(["--platform", "linux/s390x", "--out"])
+            .arg(d.path().join("x.clip")),
+    );
+    assert!(
+        e.contains("linux/s390x") && e.contains("linux/arm64"),
+        "{e}"
+    );
+}
