@@ -551,18 +551,7 @@ fn create_from_registry_equals_index_of_layout_and_mounts_from_registry() {
     assert_eq!(s["reference"], digest.as_str());
 
     // A mount with no layout fetches from the registry the archive names.
-    let m = Mounted::with_args(
-        &from_registry,
-        &d.path().join("mnt"),
-        &d.path().join("cache"),
-        &[],
-    );
-    let theirs = umoci_unpack(&layout, "t", &d.path().join("bundle"));
-    assert_same_tree(
-        &m.dir,
-        &theirs,
-        &DiffOptions::labelled("clip mount (registry)", "umoci"),
-    );
+    let m = mount_matches_umoci(&from_registry, &layout, d.path(), "clip mount (registry)");
     let errs = check_tricky_tree(&m.dir);
     assert!(errs.is_empty(), "{}", errs.join("\n"));
     let st = m.stats();
@@ -772,19 +761,17 @@ fn build_flow_index_layout_with_storage_ref_push_then_mount_from_registry() {
     );
     assert_eq!(s["repository"], "built/app");
 
-    let m = Mounted::with_args(
-        &archive,
-        &d.path().join("mnt"),
-        &d.path().join("cache"),
-        &[],
-    );
-    let theirs = umoci_unpack(&layout, "t", &d.path().join("bundle"));
-    assert_same_tree(
-        &m.dir,
-        &theirs,
-        &DiffOptions::labelled("clip mount (registry)", "umoci"),
-    );
+    let m = mount_matches_umoci(&archive, &layout, d.path(), "clip mount (registry)");
     m.unmount();
+}
+
+/// Mounts `archive` under `work` with no layout (layers come from the registry it
+/// names) and checks the tree against `umoci unpack` of tag `t` of `layout`.
+fn mount_matches_umoci(archive: &Path, layout: &Path, work: &Path, label: &str) -> Mounted {
+    let m = Mounted::with_args(archive, &work.join("mnt"), &work.join("cache"), &[]);
+    let theirs = umoci_unpack(layout, "t", &work.join("bundle"));
+    assert_same_tree(&m.dir, &theirs, &DiffOptions::labelled(label, "umoci"));
+    m
 }
 
 /// Requests the registry has answered so far, from its access log.
@@ -841,18 +828,7 @@ fn registry_that_ignores_range_still_works_and_small_reads_fetch_one_span() {
         .arg("--out")
         .arg(&archive2));
     assert_eq!(listing(&archive2), listing(&archive));
-    let m = Mounted::with_args(
-        &archive2,
-        &d.path().join("mnt"),
-        &d.path().join("cache"),
-        &[],
-    );
-    let theirs = umoci_unpack(&layout, "t", &d.path().join("bundle"));
-    assert_same_tree(
-        &m.dir,
-        &theirs,
-        &DiffOptions::labelled("clip mount (no Range)", "umoci"),
-    );
+    let m = mount_matches_umoci(&archive2, &layout, d.path(), "clip mount (no Range)");
     m.unmount();
 }
 
@@ -943,23 +919,7 @@ fn multi_platform_index_in_registry_selects_platform() {
     let reg = TestRegistry::start(RegistryAuth::None);
     let d = tmp("clip-reg-multi-");
     let layout = d.path().join("layout");
-    let mut lb = LayoutBuilder::new(&layout);
-    let mut t = TarBuilder::new();
-    t.dir("etc").mode(0o755);
-    t.file("etc/which", "docker amd64\n").mode(0o644);
-    lb.add_layer(&t.finish(), Compression::Gzip);
-    let amd = lb.take_image();
-    let mut t = TarBuilder::new();
-    t.file("etc/which", "arm64 v8\n").mode(0o644);
-    lb.add_layer(&t.finish(), Compression::Gzip);
-    let arm = lb.take_image();
-    lb.write_index_image(
-        Some("multi"),
-        &[
-            ("linux", "amd64", None, &amd),
-            ("linux", "arm64", Some("v8"), &arm),
-        ],
-    );
+    multi_platform_layout(&layout, "multi", Flavor::Oci);
     reg.push(&layout, "multi", "multi:v1");
     for (platform, want) in [
         ("linux/amd64", "docker amd64\n"),
