@@ -149,6 +149,9 @@ fn from_config(registry: &str, file: Option<&Path>) -> Option<Resolved> {
     let keys = config_keys(registry);
     let note = |e: &E, origin: &str| match e {
         E::NoCredentialConfigured | E::ConfigNotFound => {}
+        // The default locations need not exist (the crate reports a missing file
+        // as a read error); a file given explicitly must.
+        E::ConfigReadError if file.is_none() => {}
         // A configured helper that fails is worth a warning: the registry will
         // likely refuse the anonymous request that follows.
         other => tracing::warn!(%registry, "{origin}: {other}; trying anonymous access"),
