@@ -12,16 +12,16 @@ type Code int
 
 // The codes, with the same values as in clip.h.
 const (
-	CodeError       Code = C.CLIP_ERROR       // no more specific code (I/O, ...)
-	CodeNotFound    Code = C.CLIP_ENOTFOUND   // a layout, tag, blob, archive or file is missing
-	CodeInvalid     Code = C.CLIP_EINVALID    // an invalid argument or option
-	CodeAuth        Code = C.CLIP_EAUTH       // credentials missing or refused
-	CodeCanceled    Code = C.CLIP_ECANCELED   // the context was cancelled
-	CodeFormat      Code = C.CLIP_EFORMAT     // malformed input (archive, layout, blob)
-	CodeVersion     Code = C.CLIP_EVERSION    // an archive or options version this build does not read
+	CodeError       Code = C.CLIP_ERROR        // no more specific code (I/O, ...)
+	CodeNotFound    Code = C.CLIP_ENOTFOUND    // a layout, tag, blob, archive or file is missing
+	CodeInvalid     Code = C.CLIP_EINVALID     // an invalid argument or option
+	CodeAuth        Code = C.CLIP_EAUTH        // credentials missing or refused
+	CodeCanceled    Code = C.CLIP_ECANCELED    // the context was cancelled
+	CodeFormat      Code = C.CLIP_EFORMAT      // malformed input (archive, layout, blob)
+	CodeVersion     Code = C.CLIP_EVERSION     // an archive or options version this build does not read
 	CodeUnsupported Code = C.CLIP_EUNSUPPORTED // valid input this build does not support
-	CodeCallback    Code = C.CLIP_EUSER       // a callback of this package stopped the call
-	CodePanic       Code = C.CLIP_EPANIC      // a bug in libclip (a panic was caught)
+	CodeCallback    Code = C.CLIP_EUSER        // a callback of this package stopped the call
+	CodePanic       Code = C.CLIP_EPANIC       // a bug in libclip (a panic was caught)
 )
 
 var codeNames = map[Code]string{
