@@ -31,6 +31,17 @@ const BLOCK: u32 = 4096;
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Told of each file read the mount serves: `(path in the image, offset, length)`.
+/// Called from the read threads, concurrently, before the bytes are fetched; reads
+/// the kernel answers from its page cache never reach the mount and are not seen.
+pub type ReadObserver = Arc<dyn Fn(&[u8], u64, u64) + Send + Sync>;
+
+/// A read observer with the paths of the files it is told about.
+struct Observer {
+    f: ReadObserver,
+    paths: std::collections::HashMap<u64, Box<[u8]>>,
+}
+
 /// The filesystem.
 pub struct ClipFs {
     store: Arc<Store>,
@@ -40,6 +51,8 @@ pub struct ClipFs {
     seq: Arc<Mutex<HashMap<u64, u64>>>,
     /// Sum of regular file sizes, for statfs (the tree never changes).
     file_bytes: u64,
+    /// Told of every read, if set.
+    observer: Option<Arc<Observer>>,
 }
 
 impl ClipFs {
@@ -76,7 +89,16 @@ impl ClipFs {
             jobs: Mutex::new(tx),
             next_fh: AtomicU64::new(1),
             seq: Arc::new(Mutex::new(HashMap::new())),
+            observer: None,
         }
+    }
+
+    /// Tells `observer` of every read served from now on (the paths of all files
+    /// are looked up here, once).
+    pub fn with_read_observer(mut self, observer: ReadObserver) -> ClipFs {
+        let paths = self.tree().file_paths();
+        self.observer = Some(Arc::new(Observer { f: observer, paths }));
+        self
     }
 
     fn tree(&self) -> &Tree {
@@ -253,7 +275,12 @@ impl Filesystem for ClipFs {
         let n = (inode.size - offset).min(size as u64) as usize;
         let store = self.store.clone();
         let seq = self.seq.clone();
+        let observer = self.observer.clone();
         let job: Job = Box::new(move || {
+            if let Some(o) = observer {
+                let path = o.paths.get(&ino.0).map_or(&[][..], |p| &p[..]);
+                (o.f)(path, offset, n as u64);
+            }
             let layer = inode.b as usize;
             let start = inode.a + offset;
             let mut buf = vec![0u8; n];
