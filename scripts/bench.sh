@@ -84,3 +84,7 @@ PY
 # Mount benchmarks (issue 4): clip's FUSE mount against the unpacked tree, zcat and
 # ratarmount; (re)writes the section "## Mount (issue 4)" of BENCHMARKS.md.
 RUNS=$RUNS "$root/scripts/bench-mount.sh"
+
+# Registry benchmarks (issue 5): the same image served by a local registry;
+# (re)writes the section "## Registry (issue 5)".
+RUNS=$RUNS "$root/scripts/bench-registry.sh"

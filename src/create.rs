@@ -13,7 +13,7 @@ use crate::index::{self, LayerIndex};
 use crate::layout::Layout;
 use crate::oci::{Platform, ResolvedImage};
 use crate::reference::{Reference, RegistryRef};
-use crate::registry::RegistryOptions;
+use crate::registry::{Client, RegistryOptions};
 
 /// Stage of a layer's progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +112,9 @@ pub fn index_layout(
     opts: &CreateOptions,
 ) -> Result<Summary> {
     check_options(opts)?;
+    if let Some(s) = &opts.storage_ref {
+        parse_storage_ref(s)?;
+    }
     let layout = Layout::open(layout_dir)?;
     let platform = opts.platform.clone().unwrap_or_else(Platform::host);
     let image = layout.resolve(tag, &platform)?;
@@ -120,7 +123,7 @@ pub fn index_layout(
         layout_dir.display(),
         tag.map(|t| format!(":{t}")).unwrap_or_default()
     );
-    let layers = index_layers(&image, opts, &|i| {
+    let layers = index_layers(&image, opts, "local-layout", &|i| {
         let l = &image.layers[i];
         let f = layout.open_blob(&l.desc)?;
         Ok(Box::new(std::io::BufReader::with_capacity(0, f)) as Box<dyn std::io::Read + Send>)
@@ -128,15 +131,35 @@ pub fn index_layout(
     finish(image, layers, source, out, opts)
 }
 
-/// Indexes the image named by `reference`; today only `oci:` layout references are
-/// served here (registries arrive with the registry client).
+/// Indexes the image named by `reference`: a registry image (`host/repo:tag`,
+/// `repo@sha256:..`, `ubuntu`), streamed layer by layer with no blob written to
+/// disk, or a local layout (`oci:/path[:tag]`). For a registry image the archive's
+/// storage reference defaults to the image itself (with the manifest digest), so a
+/// mount fetches from where the image was indexed.
 pub fn create_from_image(reference: &str, out: &Path, opts: &CreateOptions) -> Result<Summary> {
     match Reference::parse(reference)? {
         Reference::Layout { path, tag } => index_layout(&path, tag.as_deref(), out, opts),
-        Reference::Registry(r) => Err(Error::Unsupported(format!(
-            "indexing from a registry ({r}) is not implemented yet"
-        ))),
+        Reference::Registry(r) => index_registry(&r, out, opts),
     }
+}
+
+fn index_registry(r: &RegistryRef, out: &Path, opts: &CreateOptions) -> Result<Summary> {
+    check_options(opts)?;
+    // Check the storage reference before any network traffic.
+    if let Some(s) = &opts.storage_ref {
+        parse_storage_ref(s)?;
+    }
+    let client = Arc::new(Client::new(&r.registry, &r.repository, &opts.registry)?);
+    let platform = opts.platform.clone().unwrap_or_else(Platform::host);
+    let image = client.resolve(&r.reference(), &platform)?;
+    let layers = index_layers(&image, opts, "registry", &|i| {
+        Ok(Box::new(client.open_blob(&image.layers[i].desc)) as Box<dyn std::io::Read + Send>)
+    })?;
+    let mut opts = opts.clone();
+    if opts.storage_ref.is_none() {
+        opts.storage_ref = Some(r.to_string());
+    }
+    finish(image, layers, r.to_string(), out, &opts)
 }
 
 fn check_options(opts: &CreateOptions) -> Result<()> {
@@ -155,6 +178,7 @@ type OpenLayer<'a> = dyn Fn(usize) -> Result<Box<dyn std::io::Read + Send>> + Sy
 fn index_layers(
     image: &ResolvedImage,
     opts: &CreateOptions,
+    source: &'static str,
     open: &OpenLayer<'_>,
 ) -> Result<Vec<LayerIndex>> {
     let n = image.layers.len();
@@ -190,7 +214,7 @@ fn index_layers(
                         uncompressed_done: done.uncompressed_done,
                         completed_layers,
                         files,
-                        source: "local-layout",
+                        source,
                     };
                     if let Some(p) = &opts.progress {
                         p(&event(Stage::Starting, Default::default(), 0, 0));
@@ -254,25 +278,26 @@ fn index_layers(
     }
 }
 
-fn storage_ref(opts: &CreateOptions, image: &ResolvedImage) -> Result<Option<StorageRef>> {
-    let Some(s) = &opts.storage_ref else {
-        return Ok(None);
-    };
+fn parse_storage_ref(s: &str) -> Result<RegistryRef> {
     match Reference::parse(s)? {
-        Reference::Registry(RegistryRef {
-            registry,
-            repository,
-            ..
-        }) => Ok(Some(StorageRef {
-            kind: "oci".into(),
-            registry,
-            repository,
-            reference: image.manifest_digest.to_string(),
-        })),
+        Reference::Registry(r) => Ok(r),
         Reference::Layout { .. } => Err(Error::Invalid(format!(
             "storage reference {s:?} must name a registry image"
         ))),
     }
+}
+
+fn storage_ref(opts: &CreateOptions, image: &ResolvedImage) -> Result<Option<StorageRef>> {
+    let Some(s) = &opts.storage_ref else {
+        return Ok(None);
+    };
+    let r = parse_storage_ref(s)?;
+    Ok(Some(StorageRef {
+        kind: "oci".into(),
+        registry: r.registry,
+        repository: r.repository,
+        reference: image.manifest_digest.to_string(),
+    }))
 }
 
 fn finish(

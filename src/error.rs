@@ -33,6 +33,8 @@ pub enum ErrorCode {
     Version,
     /// Something valid that this build does not support.
     Unsupported,
+    /// A registry could not be reached or kept failing (after retries).
+    Network,
 }
 
 /// Every error clip reports.
@@ -78,6 +80,9 @@ pub enum Error {
     /// Valid input this build does not support.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A registry could not be reached, or kept failing after retries.
+    #[error("{0}")]
+    Network(String),
     /// Authentication was required or refused.
     #[error("unauthorized: {0}")]
     Auth(String),
@@ -114,6 +119,7 @@ impl Error {
             Error::Version { .. } => ErrorCode::Version,
             Error::Unsupported(_) => ErrorCode::Unsupported,
             Error::Auth(_) => ErrorCode::Auth,
+            Error::Network(_) => ErrorCode::Network,
             Error::Canceled => ErrorCode::Canceled,
             Error::WithLayer { inner, .. } | Error::WithPath { inner, .. } => inner.code(),
         }

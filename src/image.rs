@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::archive::{self, Archive};
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::source::{FileSource, RangeReader, RangeSource};
+use crate::source::{FileSource, RangeSource};
 use crate::tree::{Kind, Tree};
 
 /// Counters of the work done reading, for tests, `--stats` and benchmarks.
@@ -105,7 +105,12 @@ impl Image {
         if let Some(layout) = &opts.layout {
             return Image::with_layout(archive, layout);
         }
-        if let Some(s) = archive.meta.storage.as_ref().filter(|s| !s.registry.is_empty()) {
+        if let Some(s) = archive
+            .meta
+            .storage
+            .as_ref()
+            .filter(|s| !s.registry.is_empty())
+        {
             let sources = crate::registry::source::layer_sources(&archive, s, &opts.registry)?;
             return Image::new(archive, sources);
         }
@@ -285,7 +290,10 @@ impl Image {
         let (start, _) = c.span_range(first);
         let (_, end) = c.span_range(last);
         let (cin, cend) = c.compressed_range(first, last, source.size());
-        let mut reader = RangeReader::new(source, cin, cend);
+        let mut reader = Counting {
+            inner: source.reader(cin, cend)?,
+            bytes_read: 0,
+        };
         let mut k = first;
         let mut k_end = c.span_range(k).1;
         let mut hasher = blake3::Hasher::new();
@@ -339,5 +347,19 @@ impl Image {
             .compressed_bytes_read
             .fetch_add(reader.bytes_read, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Counts the bytes read through it.
+struct Counting<R> {
+    inner: R,
+    bytes_read: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes_read += n as u64;
+        Ok(n)
     }
 }

@@ -20,6 +20,12 @@ pub trait RangeSource: Send + Sync {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
     /// A human-readable name for errors ("layout blob /x/blobs/sha256/ab..").
     fn describe(&self) -> String;
+    /// A sequential reader over `[start, end)`. The default reads in chunks with
+    /// [`RangeSource::read_at`]; a remote source overrides it to fetch the range in
+    /// one request.
+    fn reader<'a>(&'a self, start: u64, end: u64) -> Result<Box<dyn std::io::Read + Send + 'a>> {
+        Ok(Box::new(RangeReader::new(self, start, end)))
+    }
 }
 
 /// A [`RangeSource`] over a window of a local file.
@@ -81,17 +87,17 @@ impl RangeSource for FileSource {
 }
 
 /// Sequential reads of `[start, end)` of a [`RangeSource`], in chunks.
-pub struct RangeReader<'a> {
-    source: &'a dyn RangeSource,
+pub struct RangeReader<'a, S: RangeSource + ?Sized> {
+    source: &'a S,
     pos: u64,
     end: u64,
     /// Bytes read from the source so far.
     pub bytes_read: u64,
 }
 
-impl<'a> RangeReader<'a> {
+impl<'a, S: RangeSource + ?Sized> RangeReader<'a, S> {
     /// A reader over `[start, end)` of `source`.
-    pub fn new(source: &'a dyn RangeSource, start: u64, end: u64) -> RangeReader<'a> {
+    pub fn new(source: &'a S, start: u64, end: u64) -> RangeReader<'a, S> {
         RangeReader {
             source,
             pos: start,
@@ -101,7 +107,7 @@ impl<'a> RangeReader<'a> {
     }
 }
 
-impl std::io::Read for RangeReader<'_> {
+impl<S: RangeSource + ?Sized> std::io::Read for RangeReader<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = (self.end.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
         if n == 0 {

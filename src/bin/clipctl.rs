@@ -1,7 +1,7 @@
 //! `clipctl`: the command line over the clip library. Parsing, typed options, one
 //! call into the library, and an exit code; no logic lives here.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 use clip::create::{CreateOptions, Progress, Stage};
 use clip::extract::{ExtractOptions, extract};
-use clip::image::Image;
+use clip::image::{Image, SourceOptions};
 use clip::oci::Platform;
 use clip::tree::{Kind, Tree};
 
@@ -52,10 +52,13 @@ enum Cmd {
         #[command(flatten)]
         idx: IndexArgs,
     },
-    /// Index an image by reference (`oci:/path:tag` today; registries soon).
+    /// Index an image by reference: a registry image (`host/repo:tag`,
+    /// `repo@sha256:..`) streamed from the registry, or `oci:/path[:tag]`.
     Create {
         /// Image reference.
         image_ref: String,
+        #[command(flatten)]
+        reg: RegistryArgs,
         /// Where to write the archive.
         #[arg(long)]
         out: PathBuf,
@@ -89,9 +92,12 @@ enum Cmd {
         archive: PathBuf,
         /// The file in the image.
         path: String,
-        /// The OCI layout holding the layers.
+        /// The OCI layout holding the layers (default: the registry the archive
+        /// names, else the layout it was indexed from).
         #[arg(long)]
-        layout: PathBuf,
+        layout: Option<PathBuf>,
+        #[command(flatten)]
+        reg: RegistryArgs,
         /// Start at this byte.
         #[arg(long, default_value_t = 0)]
         offset: u64,
@@ -108,9 +114,12 @@ enum Cmd {
         archive: PathBuf,
         /// Where to mount (created if missing).
         mountpoint: PathBuf,
-        /// The OCI layout holding the layers.
+        /// The OCI layout holding the layers (default: the registry the archive
+        /// names, else the layout it was indexed from).
         #[arg(long)]
-        layout: PathBuf,
+        layout: Option<PathBuf>,
+        #[command(flatten)]
+        reg: RegistryArgs,
         /// Span cache directory (default: $CLIP_CACHE_DIR, ~/.cache/clip).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
@@ -141,13 +150,69 @@ enum Cmd {
         archive: PathBuf,
         /// Destination directory (created; must be empty).
         dest: PathBuf,
-        /// The OCI layout holding the layers.
+        /// The OCI layout holding the layers (default: the registry the archive
+        /// names, else the layout it was indexed from).
         #[arg(long)]
-        layout: PathBuf,
+        layout: Option<PathBuf>,
+        #[command(flatten)]
+        reg: RegistryArgs,
         /// Print read statistics to stderr as JSON.
         #[arg(long)]
         stats: bool,
     },
+}
+
+/// How to reach registries.
+#[derive(clap::Args)]
+struct RegistryArgs {
+    /// Registry user name (with --password or --password-stdin).
+    #[arg(long)]
+    username: Option<String>,
+    /// Registry password (visible to other users in `ps`; prefer --password-stdin).
+    #[arg(long)]
+    password: Option<String>,
+    /// Read the registry password from standard input.
+    #[arg(long)]
+    password_stdin: bool,
+    /// A docker config.json or podman auth.json to take credentials from.
+    #[arg(long)]
+    auth_file: Option<PathBuf>,
+    /// Reach this registry (host[:port]) over plain HTTP (loopback ones always are).
+    #[arg(long = "plain-http", value_name = "REGISTRY")]
+    plain_http: Vec<String>,
+}
+
+impl RegistryArgs {
+    fn options(&self) -> Result<clip::registry::RegistryOptions> {
+        let password = if self.password_stdin {
+            let mut p = String::new();
+            std::io::stdin().read_line(&mut p)?;
+            Some(p.trim_end_matches(['\n', '\r']).to_string())
+        } else {
+            self.password.clone()
+        };
+        let credential = match (&self.username, password) {
+            (Some(u), Some(p)) => Some(clip::registry::Credential::Basic {
+                username: u.clone(),
+                password: p,
+            }),
+            (None, None) => None,
+            _ => bail!("--username needs --password or --password-stdin, and the other way round"),
+        };
+        Ok(clip::registry::RegistryOptions {
+            credential,
+            auth_file: self.auth_file.clone(),
+            plain_http: self.plain_http.clone(),
+            ..Default::default()
+        })
+    }
+
+    fn sources(&self, layout: Option<PathBuf>) -> Result<SourceOptions> {
+        Ok(SourceOptions {
+            layout,
+            registry: self.options()?,
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -193,6 +258,9 @@ impl IndexArgs {
             concurrency: self.concurrency,
             ..Default::default()
         };
+        if !self.progress && std::io::stderr().is_terminal() {
+            o.progress = Some(progress_bar());
+        }
         if self.progress {
             o.progress = Some(Arc::new(|p: &Progress| {
                 let stage = match p.stage {
@@ -284,17 +352,27 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Create {
             image_ref,
+            reg,
             out,
             storage_ref,
             idx,
         } => {
-            let s = clip::create::create_from_image(&image_ref, &out, &idx.options(storage_ref)?)?;
+            let mut opts = idx.options(storage_ref)?;
+            opts.registry = reg.options()?;
+            let s = clip::create::create_from_image(&image_ref, &out, &opts)?;
+            let (requests, bytes) = clip::registry::client::transfer_snapshot();
             eprintln!(
-                "wrote {} ({} bytes): {} layers, {} inodes",
+                "wrote {} ({} bytes): {} layers, {} inodes, manifest {}{}",
                 out.display(),
                 s.archive_size,
                 s.layers,
-                s.inodes
+                s.inodes,
+                s.manifest_digest,
+                if requests > 0 {
+                    format!("; {requests} registry requests, {bytes} bytes received")
+                } else {
+                    String::new()
+                }
             );
         }
         Cmd::Inspect { archive, json } => inspect(&archive, json)?,
@@ -317,11 +395,12 @@ fn run(cmd: Cmd) -> Result<()> {
             archive,
             path,
             layout,
+            reg,
             offset,
             length,
             stats,
         } => {
-            let img = Image::open_with_layout(&archive, &layout)?;
+            let img = Image::open(&archive, &reg.sources(layout)?)?;
             let ino = img
                 .tree()
                 .resolve(path.as_bytes())
@@ -342,13 +421,14 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             out.flush()?;
             if stats {
-                eprintln!("{}", serde_json::to_string(&img.stats())?);
+                eprintln!("{}", stats_json(serde_json::to_value(img.stats())?));
             }
         }
         Cmd::Mount {
             archive,
             mountpoint,
             layout,
+            reg,
             cache_dir,
             cache_size,
             allow_other,
@@ -359,7 +439,7 @@ fn run(cmd: Cmd) -> Result<()> {
             if daemon {
                 return daemonize();
             }
-            let img = Image::open_with_layout(&archive, &layout)?;
+            let img = Image::open(&archive, &reg.sources(layout)?)?;
             let mut opts = clip::mount::MountOptions {
                 cache_max_bytes: parse_size(&cache_size)?,
                 allow_other,
@@ -384,7 +464,7 @@ fn run(cmd: Cmd) -> Result<()> {
             let write_stats = |m: &clip::mount::Mount| -> Result<()> {
                 if let Some(p) = &stats_file {
                     let tmp = p.with_extension("tmp");
-                    std::fs::write(&tmp, serde_json::to_vec(&m.stats())?)?;
+                    std::fs::write(&tmp, stats_json(serde_json::to_value(m.stats())?))?;
                     std::fs::rename(&tmp, p)?;
                 }
                 Ok(())
@@ -406,9 +486,10 @@ fn run(cmd: Cmd) -> Result<()> {
             archive,
             dest,
             layout,
+            reg,
             stats,
         } => {
-            let img = Image::open_with_layout(&archive, &layout)?;
+            let img = Image::open(&archive, &reg.sources(layout)?)?;
             let s = extract(&img, &dest, ExtractOptions::default())?;
             eprintln!(
                 "extracted {} inodes, {} bytes into {}",
@@ -417,11 +498,64 @@ fn run(cmd: Cmd) -> Result<()> {
                 dest.display()
             );
             if stats {
-                eprintln!("{}", serde_json::to_string(&img.stats())?);
+                eprintln!("{}", stats_json(serde_json::to_value(img.stats())?));
             }
         }
     }
     Ok(())
+}
+
+/// Read statistics plus this process's registry traffic.
+fn stats_json(mut v: serde_json::Value) -> String {
+    let (requests, bytes) = clip::registry::client::transfer_snapshot();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("registry_requests".into(), requests.into());
+        o.insert("registry_bytes".into(), bytes.into());
+    }
+    v.to_string()
+}
+
+/// A one-line progress bar on the terminal: layers done, compressed bytes read.
+fn progress_bar() -> clip::create::ProgressFn {
+    #[derive(Default)]
+    struct Bar {
+        done: std::collections::HashMap<usize, (u64, u64)>,
+        completed: usize,
+        total_layers: usize,
+    }
+    let bar = std::sync::Mutex::new(Bar::default());
+    Arc::new(move |p: &Progress| {
+        let mut b = bar.lock().expect("progress lock");
+        b.total_layers = p.total_layers;
+        b.done
+            .insert(p.layer_index, (p.compressed_done, p.compressed_total));
+        if p.stage == Stage::Completed {
+            b.completed += 1;
+        }
+        let (done, total) = b
+            .done
+            .values()
+            .fold((0, 0), |(d, t), (dd, tt)| (d + dd, t + tt));
+        let frac = if total > 0 {
+            done as f64 / total as f64
+        } else {
+            0.0
+        };
+        let width = 30;
+        let filled = ((frac * width as f64) as usize).min(width);
+        eprint!(
+            "\r[{}{}] {}/{} layers, {:.1}/{:.1} MiB ",
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            b.completed,
+            b.total_layers,
+            done as f64 / 1048576.0,
+            total as f64 / 1048576.0
+        );
+        if b.completed == b.total_layers {
+            eprintln!();
+        }
+    })
 }
 
 fn inspect(path: &std::path::Path, json: bool) -> Result<()> {

@@ -1,6 +1,37 @@
-//! The distribution API client.
+//! The distribution API client: one [`Client`] per registry repository.
+//!
+//! It negotiates manifests and indexes (OCI and Docker media types), verifies
+//! manifest digests, streams blobs (resuming a dropped stream where it broke), and
+//! reads byte ranges of blobs with one `Range` request each. A registry that
+//! ignores `Range` (answers `200` with the whole blob) still works: the reader skips
+//! to the offset in the stream and stops after the bytes it needs.
+//!
+//! Requests are retried with exponential backoff on `429`, `5xx`, timeouts and
+//! dropped connections (honouring `Retry-After`); `401` triggers the auth dance of
+//! [`super::auth`] once per request. Redirects to blob storage are followed with the
+//! `Range` header kept and the `Authorization` header dropped when the host changes
+//! (reqwest's redirect policy).
+//!
+//! Plain HTTP is used only for loopback registries (`localhost`, `127.0.0.0/8`,
+//! `::1`) and those listed in
+//! [`RegistryOptions::plain_http`](super::RegistryOptions::plain_http).
 
-use std::sync::atomic::AtomicU64;
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use reqwest::StatusCode;
+use reqwest::blocking::{RequestBuilder, Response};
+use reqwest::header::{self, HeaderMap, HeaderValue};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::oci::{self, Desc, ManifestKind, Platform, ResolvedImage};
+
+use super::RegistryOptions;
+use super::auth::{self, Challenge, Credential, Resolved};
 
 /// Bytes and requests over the network, for tests and benchmarks.
 #[derive(Debug, Default)]
@@ -11,5 +42,765 @@ pub struct TransferStats {
     pub bytes: AtomicU64,
 }
 
-/// A client for one registry.
-pub struct Client {}
+/// Counters of all registry traffic of this process.
+pub static TRANSFER: TransferStats = TransferStats {
+    requests: AtomicU64::new(0),
+    bytes: AtomicU64::new(0),
+};
+
+/// A snapshot of [`TRANSFER`]: `(requests, body bytes)`.
+pub fn transfer_snapshot() -> (u64, u64) {
+    (
+        TRANSFER.requests.load(Ordering::Relaxed),
+        TRANSFER.bytes.load(Ordering::Relaxed),
+    )
+}
+
+/// The manifest media types we accept, best first.
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+/// How long before its expiry a bearer token is replaced.
+const TOKEN_MARGIN: Duration = Duration::from_secs(10);
+
+/// A bearer token and when it stops working.
+#[derive(Clone)]
+struct Token {
+    value: String,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct AuthState {
+    /// Credentials, once resolved (on the first challenge).
+    resolved: Option<Resolved>,
+    /// The registry's challenge, once seen.
+    challenge: Option<Challenge>,
+    /// The current bearer token.
+    token: Option<Token>,
+}
+
+/// A client for one repository of one registry.
+pub struct Client {
+    http: reqwest::blocking::Client,
+    registry: String,
+    repository: String,
+    base: String,
+    opts: RegistryOptions,
+    auth: Mutex<AuthState>,
+    warned_no_range: AtomicBool,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Client({}/{})", self.registry, self.repository)
+    }
+}
+
+/// Whether `registry` (host\[:port\]) is a loopback address.
+pub fn is_loopback(registry: &str) -> bool {
+    let host = match registry.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => registry.rsplit_once(':').map_or(registry, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Client {
+    /// A client for `repository` in `registry` (host\[:port\]; `docker.io` is
+    /// reached at `registry-1.docker.io`). No request is sent yet.
+    pub fn new(registry: &str, repository: &str, opts: &RegistryOptions) -> Result<Client> {
+        if registry.is_empty() || repository.is_empty() {
+            return Err(Error::Invalid(format!(
+                "registry {registry:?} and repository {repository:?} must not be empty"
+            )));
+        }
+        let host = if registry == crate::reference::DOCKER_HUB {
+            "registry-1.docker.io"
+        } else {
+            registry
+        };
+        let plain = is_loopback(registry) || opts.plain_http.iter().any(|r| r == registry);
+        let base = format!("{}://{host}", if plain { "http" } else { "https" });
+        let http = reqwest::blocking::Client::builder()
+            .user_agent(concat!("clip/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(opts.timeout)
+            // Per read or write operation, not for a whole body: layers stream for
+            // minutes.
+            .timeout(opts.timeout)
+            .pool_max_idle_per_host(16)
+            .build()
+            .map_err(|e| {
+                Error::Network(format!(
+                    "registry {registry}: cannot build HTTP client: {e}"
+                ))
+            })?;
+        Ok(Client {
+            http,
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            base,
+            opts: opts.clone(),
+            auth: Mutex::new(AuthState::default()),
+            warned_no_range: AtomicBool::new(false),
+        })
+    }
+
+    /// `registry/repository`, for messages.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
+    fn scope(&self) -> String {
+        format!("repository:{}:pull", self.repository)
+    }
+
+    fn url(&self, kind: &str, reference: &str) -> String {
+        format!("{}/v2/{}/{kind}/{reference}", self.base, self.repository)
+    }
+
+    /// The `Authorization` header to send now, if any (fetching or refreshing a
+    /// bearer token when needed).
+    fn authorization(&self, refresh: bool) -> Result<Option<HeaderValue>> {
+        let mut st = self.auth.lock().expect("auth lock");
+        let Some(challenge) = st.challenge.clone() else {
+            return Ok(None);
+        };
+        if st.resolved.is_none() {
+            let r = auth::resolve(&self.registry, &self.scope(), &self.opts);
+            tracing::debug!(registry = %self.registry, origin = %r.origin, "registry credentials");
+            st.resolved = Some(r);
+        }
+        let resolved = st.resolved.clone().expect("resolved above");
+        match challenge {
+            Challenge::Basic => {
+                match &resolved.credential {
+                    Credential::Basic { username, password } => Ok(Some(basic(username, password))),
+                    Credential::Token(t) => Ok(Some(bearer(t))),
+                    _ => Err(self
+                        .unauthorized(&resolved, "the registry asks for a username and password")),
+                }
+            }
+            Challenge::Bearer { .. } if matches!(resolved.credential, Credential::Token(_)) => {
+                let Credential::Token(t) = &resolved.credential else {
+                    unreachable!()
+                };
+                Ok(Some(bearer(t)))
+            }
+            Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            } => {
+                let fresh = st
+                    .token
+                    .as_ref()
+                    .filter(|t| !refresh && t.expires > Instant::now());
+                if let Some(t) = fresh {
+                    return Ok(Some(bearer(&t.value)));
+                }
+                let scope = scope.unwrap_or_else(|| self.scope());
+                let token = self.fetch_token(&realm, service.as_deref(), &scope, &resolved)?;
+                let header = bearer(&token.value);
+                st.token = Some(token);
+                Ok(Some(header))
+            }
+        }
+    }
+
+    fn unauthorized(&self, resolved: &Resolved, why: &str) -> Error {
+        Error::Auth(format!(
+            "registry {} refused access to repository {} ({why}; credentials: {})",
+            self.registry, self.repository, resolved.origin
+        ))
+    }
+
+    /// Gets a bearer token from the token server `realm`.
+    fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        resolved: &Resolved,
+    ) -> Result<Token> {
+        let mut query: Vec<(&str, &str)> = vec![("scope", scope)];
+        if let Some(s) = service {
+            query.push(("service", s));
+        }
+        let req = match &resolved.credential {
+            Credential::IdentityToken(refresh) => {
+                let mut form = query.clone();
+                form.extend([
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh.as_str()),
+                    ("client_id", "clip"),
+                ]);
+                self.http.post(realm).form(&form)
+            }
+            Credential::Basic { username, password } => self
+                .http
+                .get(realm)
+                .query(&query)
+                .header(header::AUTHORIZATION, basic(username, password)),
+            _ => self.http.get(realm).query(&query),
+        };
+        let resp =
+            self.send_retrying(|| req.try_clone().expect("token request clones"), "token")?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(self.unauthorized(resolved, &format!("token server answered {status}")));
+        }
+        if !status.is_success() {
+            return Err(Error::Network(format!(
+                "token server for registry {}: {status}: {}",
+                self.registry,
+                error_text(resp)
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            #[serde(default)]
+            token: Option<String>,
+            #[serde(default)]
+            access_token: Option<String>,
+            #[serde(default)]
+            expires_in: Option<u64>,
+        }
+        let body = read_limited(resp, 1 << 20)?;
+        let t: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+            Error::Network(format!(
+                "token server for registry {}: bad response: {e}",
+                self.registry
+            ))
+        })?;
+        let value = t
+            .token
+            .or(t.access_token)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                Error::Network(format!(
+                    "token server for registry {} sent no token",
+                    self.registry
+                ))
+            })?;
+        // The distribution spec's default lifetime is 60 s; replace tokens a little
+        // before they expire (a fifth of their life, at most TOKEN_MARGIN).
+        let life = Duration::from_secs(t.expires_in.unwrap_or(60).max(1));
+        let margin = (life / 5).min(TOKEN_MARGIN);
+        Ok(Token {
+            value,
+            expires: Instant::now() + life - margin,
+        })
+    }
+
+    /// Sends a request built by `build`, retrying transient failures. Returns the
+    /// response whatever its status; transport errors after the last attempt are
+    /// `Error::Network`.
+    fn send_retrying(&self, build: impl Fn() -> RequestBuilder, what: &str) -> Result<Response> {
+        let attempts = self.opts.attempts.max(1);
+        let mut delay = Duration::from_millis(100);
+        let mut last = String::new();
+        for attempt in 1..=attempts {
+            TRANSFER.requests.fetch_add(1, Ordering::Relaxed);
+            match build().send() {
+                Ok(resp) if retryable(resp.status()) && attempt < attempts => {
+                    last = format!("{}", resp.status());
+                    let wait = retry_after(resp.headers()).unwrap_or(delay);
+                    tracing::debug!(%what, status = %resp.status(), ?wait, "retrying");
+                    std::thread::sleep(wait.min(Duration::from_secs(10)));
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e) if attempt < attempts => {
+                    last = describe_reqwest(&e);
+                    tracing::debug!(%what, error = %last, ?delay, "retrying");
+                    std::thread::sleep(delay);
+                }
+                Err(e) => last = describe_reqwest(&e),
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+        Err(Error::Network(format!(
+            "registry {}: {what}: {last} (after {attempts} attempts)",
+            self.registry
+        )))
+    }
+
+    /// Sends an authenticated request: on `401` learns the challenge (or refreshes
+    /// the token) and tries once more.
+    fn send(&self, build: impl Fn() -> RequestBuilder, what: &str) -> Result<Response> {
+        let mut refresh = false;
+        for round in 0..3 {
+            let auth = self.authorization(refresh)?;
+            let resp = self.send_retrying(
+                || {
+                    let r = build();
+                    match &auth {
+                        Some(h) => r.header(header::AUTHORIZATION, h.clone()),
+                        None => r,
+                    }
+                },
+                what,
+            )?;
+            if resp.status() != StatusCode::UNAUTHORIZED || round == 2 {
+                return Ok(resp);
+            }
+            let challenge = resp
+                .headers()
+                .get_all(header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(auth::parse_challenge);
+            let mut st = self.auth.lock().expect("auth lock");
+            match challenge {
+                Some(c) if st.challenge.as_ref() != Some(&c) || auth.is_none() => {
+                    st.challenge = Some(c);
+                }
+                Some(_) if matches!(st.challenge, Some(Challenge::Bearer { .. })) && !refresh => {
+                    // The token we sent was refused (expired early, revoked): get
+                    // a new one once.
+                    st.token = None;
+                    refresh = true;
+                }
+                _ => {
+                    let resolved = st.resolved.clone().unwrap_or(Resolved {
+                        credential: Credential::Anonymous,
+                        origin: "anonymous".into(),
+                    });
+                    return Err(self.unauthorized(&resolved, &format!("{what}: 401 Unauthorized")));
+                }
+            }
+        }
+        unreachable!("the loop returns on its last round")
+    }
+
+    /// Turns a non-success status into an error naming `what`.
+    fn check(&self, resp: Response, what: &str) -> Result<Response> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let text = error_text(resp);
+        let msg = format!("{}: {what}: {status}{}", self.name(), text_suffix(&text));
+        Err(match status {
+            StatusCode::NOT_FOUND => Error::NotFound(msg),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                let st = self.auth.lock().expect("auth lock");
+                let origin = st
+                    .resolved
+                    .as_ref()
+                    .map_or("anonymous", |r| r.origin.as_str());
+                Error::Auth(format!("{msg} (credentials: {origin})"))
+            }
+            _ => Error::Network(msg),
+        })
+    }
+
+    /// Fetches the manifest or index `reference` (tag or digest); returns its bytes
+    /// and digest, verified against `reference` when that is a digest.
+    pub fn manifest(&self, reference: &str) -> Result<(Vec<u8>, Digest)> {
+        let url = self.url("manifests", reference);
+        let what = format!("manifest {reference}");
+        let resp = self.send(
+            || self.http.get(&url).header(header::ACCEPT, MANIFEST_ACCEPT),
+            &what,
+        )?;
+        let resp = self.check(resp, &what)?;
+        let body = read_limited(resp, oci::MAX_METADATA_BLOB)?;
+        let digest = Digest::of(&body);
+        if let Ok(expected) = Digest::parse(reference)
+            && expected != digest
+        {
+            return Err(Error::DigestMismatch {
+                what: format!("{} manifest", self.name()),
+                expected: expected.to_string(),
+                actual: digest.to_string(),
+            });
+        }
+        Ok((body, digest))
+    }
+
+    /// Fetches a small blob (config), checking size and digest.
+    pub fn small_blob(&self, desc: &Desc) -> Result<Vec<u8>> {
+        if desc.size > oci::MAX_METADATA_BLOB {
+            return Err(Error::format(format!(
+                "blob {} is {} bytes, larger than the {} bytes allowed for metadata",
+                desc.digest,
+                desc.size,
+                oci::MAX_METADATA_BLOB
+            )));
+        }
+        let url = self.url("blobs", &desc.digest.to_string());
+        let what = format!("blob {}", desc.digest);
+        let resp = self.check(self.send(|| self.http.get(&url), &what)?, &what)?;
+        let body = read_limited(resp, oci::MAX_METADATA_BLOB)?;
+        let actual = Digest::of(&body);
+        if body.len() as u64 != desc.size || actual != desc.digest {
+            return Err(Error::DigestMismatch {
+                what: format!("{} blob", self.name()),
+                expected: desc.digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(body)
+    }
+
+    /// Resolves `reference` to one manifest for `platform` (following indexes),
+    /// with its config.
+    pub fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage> {
+        let (mut bytes, mut digest) = self.manifest(reference)?;
+        for _ in 0..4 {
+            let what = format!("{} manifest {digest}", self.name());
+            match oci::parse_manifest_or_index(&bytes, &what)? {
+                ManifestKind::Index(list) => {
+                    let d = oci::select_platform(&list, platform, &what)?.digest;
+                    (bytes, digest) = self.manifest(&d.to_string())?;
+                }
+                ManifestKind::Manifest(m) => {
+                    let cbytes = self.small_blob(&m.config)?;
+                    let config =
+                        oci::parse_config(&cbytes, &format!("config {}", m.config.digest))?;
+                    return ResolvedImage::new(digest, m, config);
+                }
+            }
+        }
+        Err(Error::format(format!(
+            "{}: image indexes nested too deeply",
+            self.name()
+        )))
+    }
+
+    /// Sends a GET for `digest` from `offset` (to the end, or `len` bytes), returning
+    /// the response positioned at `offset`: a `206`, or a `200` whose first
+    /// `offset` bytes were skipped when the registry ignores `Range`.
+    fn get_blob_at(&self, digest: &Digest, offset: u64, len: Option<u64>) -> Result<Response> {
+        let url = self.url("blobs", &digest.to_string());
+        let what = format!("blob {digest}");
+        let range = match len {
+            Some(l) => format!("bytes={offset}-{}", offset + l.max(1) - 1),
+            None => format!("bytes={offset}-"),
+        };
+        let ranged = offset > 0 || len.is_some();
+        let resp = self.send(
+            || {
+                let r = self.http.get(&url);
+                if ranged {
+                    r.header(header::RANGE, &range)
+                } else {
+                    r
+                }
+            },
+            &what,
+        )?;
+        let mut resp = self.check(resp, &what)?;
+        if ranged && resp.status() == StatusCode::OK {
+            if !self.warned_no_range.swap(true, Ordering::Relaxed) {
+                tracing::warn!(registry = %self.registry, "registry ignores Range requests; reading through the stream");
+            }
+            let skipped = io::copy(&mut (&mut resp).take(offset), &mut io::sink())
+                .map_err(|e| Error::Network(format!("{}: {what}: {e}", self.name())))?;
+            TRANSFER.bytes.fetch_add(skipped, Ordering::Relaxed);
+            if skipped < offset {
+                return Err(Error::format(format!(
+                    "{}: {what} ended after {skipped} bytes, before offset {offset}",
+                    self.name()
+                )));
+            }
+        } else if ranged && resp.status() == StatusCode::PARTIAL_CONTENT {
+            let start = resp
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.parse::<u64>().ok());
+            if start.is_some_and(|s| s != offset) {
+                return Err(Error::format(format!(
+                    "{}: {what}: asked for bytes from {offset}, got Content-Range starting at {}",
+                    self.name(),
+                    start.unwrap_or_default()
+                )));
+            }
+        }
+        Ok(resp)
+    }
+
+    /// Reads `buf.len()` bytes of blob `digest` at `offset` with one Range request
+    /// (retried from where it broke if the connection drops).
+    pub fn read_range(&self, digest: &Digest, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut done = 0usize;
+        let mut failures = 0;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let left = (buf.len() - done) as u64;
+            let mut resp = self.get_blob_at(digest, pos, Some(left))?;
+            match read_full(&mut resp, &mut buf[done..]) {
+                Ok(n) if done + n == buf.len() => return Ok(()),
+                Ok(n) => {
+                    done += n;
+                    failures += 1;
+                    if failures >= self.opts.attempts.max(1) {
+                        return Err(Error::format(format!(
+                            "{}: blob {digest} ended early at {} (wanted {} bytes at {offset})",
+                            self.name(),
+                            offset + done as u64,
+                            buf.len()
+                        )));
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures >= self.opts.attempts.max(1) {
+                        return Err(Error::Network(format!(
+                            "{}: reading blob {digest} at {pos}: {e}",
+                            self.name()
+                        )));
+                    }
+                    tracing::debug!(%digest, error = %e, "range read broke; resuming");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams the blob `desc` from the start; a dropped connection is resumed with a
+    /// Range request from where it broke. Bytes are not verified here (the indexer
+    /// hashes the stream).
+    pub fn open_blob(self: &Arc<Self>, desc: &Desc) -> BlobReader {
+        BlobReader {
+            client: Arc::clone(self),
+            digest: desc.digest,
+            end: desc.size,
+            pos: 0,
+            ranged: false,
+            resp: None,
+            failures: 0,
+        }
+    }
+
+    /// Streams `[start, end)` of blob `digest` with one Range request (resumed
+    /// where it broke if the connection drops).
+    pub fn open_blob_range(self: &Arc<Self>, digest: Digest, start: u64, end: u64) -> BlobReader {
+        BlobReader {
+            client: Arc::clone(self),
+            digest,
+            end,
+            pos: start,
+            ranged: true,
+            resp: None,
+            failures: 0,
+        }
+    }
+}
+
+/// A streaming reader over a registry blob (see [`Client::open_blob`]).
+pub struct BlobReader {
+    client: Arc<Client>,
+    digest: Digest,
+    end: u64,
+    pos: u64,
+    ranged: bool,
+    resp: Option<Response>,
+    failures: u32,
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.pos >= self.end || buf.is_empty() {
+                return Ok(0);
+            }
+            if self.resp.is_none() {
+                let len = (self.ranged || self.pos > 0).then(|| self.end - self.pos);
+                let r = self
+                    .client
+                    .get_blob_at(&self.digest, self.pos, len)
+                    .map_err(io::Error::other)?;
+                self.resp = Some(r);
+            }
+            let want = buf.len().min((self.end - self.pos) as usize);
+            let r = self
+                .resp
+                .as_mut()
+                .expect("set above")
+                .read(&mut buf[..want]);
+            let err = match r {
+                Ok(0) => io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("connection closed at byte {} of {}", self.pos, self.end),
+                ),
+                Ok(n) => {
+                    self.pos += n as u64;
+                    TRANSFER.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    return Ok(n);
+                }
+                Err(e) => e,
+            };
+            self.resp = None;
+            self.failures += 1;
+            if self.failures >= self.client.opts.attempts.max(1) {
+                return Err(io::Error::other(format!(
+                    "{}: blob {}: {err}",
+                    self.client.name(),
+                    self.digest
+                )));
+            }
+            tracing::debug!(digest = %self.digest, pos = self.pos, error = %err, "blob stream broke; resuming");
+            std::thread::sleep(Duration::from_millis(100 << self.failures.min(4)));
+        }
+    }
+}
+
+fn read_full(r: &mut Response, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => {
+                n += k;
+                TRANSFER.bytes.fetch_add(k as u64, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if n > 0 => {
+                tracing::debug!(error = %e, "read broke after {n} bytes");
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn read_limited(resp: Response, limit: u64) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    resp.take(limit + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| Error::Network(format!("reading a registry response: {e}")))?;
+    TRANSFER
+        .bytes
+        .fetch_add(body.len() as u64, Ordering::Relaxed);
+    if body.len() as u64 > limit {
+        return Err(Error::format(format!(
+            "registry response is larger than {limit} bytes"
+        )));
+    }
+    Ok(body)
+}
+
+/// The message of a registry error response (`{"errors":[{"code","message"}]}`),
+/// or the start of the body.
+fn error_text(resp: Response) -> String {
+    let mut body = Vec::new();
+    let _ = resp.take(4096).read_to_end(&mut body);
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<ErrorItem>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorItem {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    if let Ok(e) = serde_json::from_slice::<Errors>(&body) {
+        return e
+            .errors
+            .iter()
+            .map(|i| format!("{} {}", i.code, i.message).trim().to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+    }
+    let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+    text.trim().to_string()
+}
+
+fn text_suffix(text: &str) -> String {
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(" ({text})")
+    }
+}
+
+fn retryable(s: StatusCode) -> bool {
+    s == StatusCode::TOO_MANY_REQUESTS
+        || s == StatusCode::REQUEST_TIMEOUT
+        || matches!(s.as_u16(), 500 | 502 | 503 | 504)
+}
+
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    h.get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// A reqwest error without its URL (URLs may carry tokens in query strings).
+fn describe_reqwest(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let mut cause = String::new();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        cause = s.to_string();
+        src = s.source();
+    }
+    if cause.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}: {cause}")
+    }
+}
+
+fn basic(user: &str, pass: &str) -> HeaderValue {
+    let enc = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    let mut v = HeaderValue::from_str(&format!("Basic {enc}")).expect("base64 is a valid header");
+    v.set_sensitive(true);
+    v
+}
+
+fn bearer(token: &str) -> HeaderValue {
+    let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-token"));
+    v.set_sensitive(true);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_detection() {
+        for r in [
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "[::1]:5000",
+            "localhost",
+        ] {
+            assert!(is_loopback(r), "{r}");
+        }
+        for r in [
+            "docker.io",
+            "10.0.0.1:5000",
+            "example.com:443",
+            "[fe80::1]:5000",
+        ] {
+            assert!(!is_loopback(r), "{r}");
+        }
+    }
+}

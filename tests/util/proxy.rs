@@ -1,0 +1,131 @@
+//! A tiny HTTP/1.1 forward proxy for tests, in front of a loopback registry: it
+//! counts the bytes it returns to the client and can strip `Range` headers, turning
+//! the registry into one that ignores Range (answers `200` with the whole blob).
+//!
+//! Each request is forwarded on a fresh upstream connection with
+//! `Connection: close`, and the client connection is closed after the response, so
+//! no HTTP framing needs parsing beyond the request head.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// A running proxy; stops accepting when dropped.
+pub struct Proxy {
+    addr: String,
+    bytes: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    /// Starts a proxy on 127.0.0.1 (a free port) forwarding to `upstream`
+    /// (`host:port`); with `strip_range`, `Range` request headers are dropped.
+    pub fn start(upstream: &str, strip_range: bool) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the proxy");
+        let addr = listener.local_addr().unwrap().to_string();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (b, r, s, up) = (
+            bytes.clone(),
+            requests.clone(),
+            stop.clone(),
+            upstream.to_string(),
+        );
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (b, r, up) = (b.clone(), r.clone(), up.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &up, strip_range, &b, &r);
+                });
+            }
+        });
+        Proxy {
+            addr,
+            bytes,
+            requests,
+            stop,
+        }
+    }
+
+    /// `127.0.0.1:port` of the proxy.
+    pub fn host(&self) -> &str {
+        &self.addr
+    }
+
+    /// Bytes returned to clients (status line, headers and bodies).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Requests forwarded.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop.
+        let _ = TcpStream::connect(&self.addr);
+    }
+}
+
+fn serve(
+    conn: TcpStream,
+    upstream: &str,
+    strip_range: bool,
+    bytes: &AtomicU64,
+    requests: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut client = BufReader::new(conn.try_clone()?);
+    // The request head.
+    let mut head = Vec::new();
+    let mut body_len = 0usize;
+    loop {
+        let mut line = String::new();
+        if client.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if line == "\r\n" || line == "\n" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with("connection:") || (strip_range && lower.starts_with("range:")) {
+            continue;
+        }
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            body_len = v.trim().parse().unwrap_or(0);
+        }
+        head.extend_from_slice(line.as_bytes());
+    }
+    head.extend_from_slice(b"Connection: close\r\n\r\n");
+    let mut body = vec![0u8; body_len];
+    client.read_exact(&mut body)?;
+    requests.fetch_add(1, Ordering::Relaxed);
+    let mut up = TcpStream::connect(upstream)?;
+    up.write_all(&head)?;
+    up.write_all(&body)?;
+    let mut out = conn;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = up.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if out.write_all(&buf[..n]).is_err() {
+            // The client hung up (it had what it needed from a 200 stream).
+            break;
+        }
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    let _ = out.shutdown(Shutdown::Both);
+    Ok(())
+}
