@@ -157,6 +157,20 @@ func TestCredentials(t *testing.T) {
 		})
 	}
 
+	// A panic in a provider runs on a libclip thread: it is recovered there, stops
+	// the call, and is re-raised on the caller's goroutine.
+	t.Run("panicking provider", func(t *testing.T) {
+		defer func() {
+			if r := recover(); r != "provider bug" {
+				t.Fatalf("recovered %v, want the provider's panic", r)
+			}
+		}()
+		_ = index(common.NewCallbackProviderWithName("buggy", func(context.Context, string, string) (*authn.AuthConfig, error) {
+			panic("provider bug")
+		}))
+		t.Fatal("CreateFromOCIImage returned instead of re-raising the panic")
+	})
+
 	// ErrNoCredentials falls back to the default chain, which here finds the
 	// registry in a docker config.
 	t.Run("fallback to docker config", func(t *testing.T) {
