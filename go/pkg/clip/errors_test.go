@@ -171,8 +171,19 @@ func TestCredentials(t *testing.T) {
 		t.Fatal("CreateFromOCIImage returned instead of re-raising the panic")
 	})
 
-	// ErrNoCredentials falls back to the default chain, which here finds the
-	// registry in a docker config.
+	// ErrNoCredentials falls back to the default chain: the CLIP_REGISTRY_*
+	// variables, then a docker config.
+	t.Run("fallback to environment", func(t *testing.T) {
+		host := strings.NewReplacer(".", "_", ":", "_", "-", "_").Replace(strings.ToUpper(reg.Addr))
+		t.Setenv("CLIP_REGISTRY_USER_"+host, reg.User)
+		t.Setenv("CLIP_REGISTRY_PASS_"+host, reg.Pass)
+		if err := index(&recordingProvider{err: common.ErrNoCredentials}); err != nil {
+			t.Fatalf("ErrNoCredentials with CLIP_REGISTRY_USER_%s set: %v", host, err)
+		}
+		if err := index(nil); err != nil {
+			t.Fatalf("no provider with CLIP_REGISTRY_USER_%s set: %v", host, err)
+		}
+	})
 	t.Run("fallback to docker config", func(t *testing.T) {
 		cfgDir := filepath.Join(dir, "docker")
 		if err := os.MkdirAll(cfgDir, 0o700); err != nil {
