@@ -100,6 +100,11 @@
 #define CLIP_EPANIC -11
 
 /**
+ * A registry could not be reached, or kept failing after retries.
+ */
+#define CLIP_ENETWORK -12
+
+/**
  * Current version of `clip_registry_options`.
  */
 #define CLIP_REGISTRY_OPTIONS_VERSION 1
@@ -381,18 +386,58 @@ typedef struct clip_create_options {
 } clip_create_options;
 
 /**
- * Told of each file read a mount serves: `path` is the file's path in the image
- * (`/etc/os-release`; bytes, normally UTF-8), `offset` and `length` the range the
- * kernel asked for. Reads the kernel answers from its page cache are not seen.
+ * One file read a mount served (see `clip_read_observer_cb`). Fields may be
+ * appended in later versions.
+ */
+typedef struct clip_read_event {
+  /**
+   * The file's path in the image (`/etc/os-release`): bytes, normally UTF-8; a
+   * file with several hard links is named by one of them.
+   */
+  const char *path;
+  /**
+   * Offset the kernel asked for.
+   */
+  uint64_t offset;
+  /**
+   * Bytes the kernel asked for (within the file).
+   */
+  uint64_t length;
+  /**
+   * Bytes served: `length`, or 0 if the read failed.
+   */
+  uint64_t bytes_read;
+  /**
+   * Nanoseconds from the read thread taking the request to the reply.
+   */
+  uint64_t duration_ns;
+  /**
+   * Process that issued the read.
+   */
+  uint32_t pid;
+  /**
+   * Digest of the layer the bytes come from (`sha256:...`).
+   */
+  const char *layer_digest;
+  /**
+   * `CLIP_OK`, or the `CLIP_E*` code of the failure (the reader got `EIO`).
+   */
+  int error_code;
+  /**
+   * Why the read failed, or NULL if it did not.
+   */
+  const char *error;
+} clip_read_event;
+
+/**
+ * Told of each file read a mount serves, after the reply. Reads the kernel
+ * answers from its page cache are not seen.
  *
- * Thread-safety: called from the mount's read threads, concurrently, before the
- * bytes are fetched (a slow observer slows reads). `path` is valid only during
+ * Thread-safety: called from the mount's read threads, concurrently (a slow
+ * observer holds a read thread). `event` and its strings are valid only during
  * the call.
  */
-typedef void (*clip_read_observer_cb)(const char *path,
-                                      uint64_t offset,
-                                      uint64_t length,
-                                      void *payload);
+typedef void (*clip_read_observer_cb)(const struct clip_read_event *event, void *payload);
 
 /**
  * Options of `clip_mount_new`. Initialise with `clip_mount_options_init`; NULL
@@ -437,7 +482,8 @@ typedef struct clip_mount_options {
    */
   const struct clip_registry_options *registry;
   /**
-   * Told of every file read; NULL for none (then it costs nothing).
+   * Told of every file read, after the reply; NULL for none (then it costs
+   * nothing).
    */
   clip_read_observer_cb read_observer;
   /**
@@ -544,7 +590,8 @@ void clip_string_free(char *s);
 
 /**
  * Sets the level of the library's log output on stderr: `"trace"`, `"debug"`,
- * `"info"`, `"warn"` (the default), `"error"` or `"off"`. The level is also read
+ * `"info"`, `"warn"` (the default), `"error"` or `"off"` (also `"warning"`, and
+ * `"none"` or `"disabled"` for `"off"`; case does not matter). The level is also read
  * from the environment variable `CLIP_LOG_LEVEL` the first time any `clip_*`
  * call that can log is made. If the process already installed a global `tracing`
  * subscriber of its own, that one decides and this call changes nothing.

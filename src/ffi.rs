@@ -32,6 +32,7 @@ use std::time::Duration;
 use crate::archive::Archive;
 use crate::create::{CreateOptions, Progress, Stage};
 use crate::error::{Error, ErrorCode};
+use crate::fs::ReadEvent;
 use crate::image::{Image, SourceOptions};
 use crate::mount::{Mount, MountOptions};
 use crate::oci::Platform;
@@ -68,6 +69,8 @@ pub const CLIP_EUSER: c_int = -9;
 pub const CLIP_EPASSTHROUGH: c_int = -10;
 /// The library panicked (a bug); the message says where.
 pub const CLIP_EPANIC: c_int = -11;
+/// A registry could not be reached, or kept failing after retries.
+pub const CLIP_ENETWORK: c_int = -12;
 
 // ---------------------------------------------------------------------------
 // Other constants
@@ -154,6 +157,7 @@ fn code_of(code: ErrorCode) -> c_int {
         ErrorCode::Format => CLIP_EFORMAT,
         ErrorCode::Version => CLIP_EVERSION,
         ErrorCode::Unsupported => CLIP_EUNSUPPORTED,
+        ErrorCode::Network => CLIP_ENETWORK,
     }
 }
 
@@ -422,7 +426,8 @@ pub extern "C" fn clip_string_free(s: *mut c_char) {
 }
 
 /// Sets the level of the library's log output on stderr: `"trace"`, `"debug"`,
-/// `"info"`, `"warn"` (the default), `"error"` or `"off"`. The level is also read
+/// `"info"`, `"warn"` (the default), `"error"` or `"off"` (also `"warning"`, and
+/// `"none"` or `"disabled"` for `"off"`; case does not matter). The level is also read
 /// from the environment variable `CLIP_LOG_LEVEL` the first time any `clip_*`
 /// call that can log is made. If the process already installed a global `tracing`
 /// subscriber of its own, that one decides and this call changes nothing.
@@ -1106,16 +1111,39 @@ pub struct clip_mount {
     mount: Mount,
 }
 
-/// Told of each file read a mount serves: `path` is the file's path in the image
-/// (`/etc/os-release`; bytes, normally UTF-8), `offset` and `length` the range the
-/// kernel asked for. Reads the kernel answers from its page cache are not seen.
+/// One file read a mount served (see `clip_read_observer_cb`). Fields may be
+/// appended in later versions.
+#[repr(C)]
+pub struct clip_read_event {
+    /// The file's path in the image (`/etc/os-release`): bytes, normally UTF-8; a
+    /// file with several hard links is named by one of them.
+    pub path: *const c_char,
+    /// Offset the kernel asked for.
+    pub offset: u64,
+    /// Bytes the kernel asked for (within the file).
+    pub length: u64,
+    /// Bytes served: `length`, or 0 if the read failed.
+    pub bytes_read: u64,
+    /// Nanoseconds from the read thread taking the request to the reply.
+    pub duration_ns: u64,
+    /// Process that issued the read.
+    pub pid: u32,
+    /// Digest of the layer the bytes come from (`sha256:...`).
+    pub layer_digest: *const c_char,
+    /// `CLIP_OK`, or the `CLIP_E*` code of the failure (the reader got `EIO`).
+    pub error_code: c_int,
+    /// Why the read failed, or NULL if it did not.
+    pub error: *const c_char,
+}
+
+/// Told of each file read a mount serves, after the reply. Reads the kernel
+/// answers from its page cache are not seen.
 ///
-/// Thread-safety: called from the mount's read threads, concurrently, before the
-/// bytes are fetched (a slow observer slows reads). `path` is valid only during
+/// Thread-safety: called from the mount's read threads, concurrently (a slow
+/// observer holds a read thread). `event` and its strings are valid only during
 /// the call.
-pub type clip_read_observer_cb = Option<
-    unsafe extern "C" fn(path: *const c_char, offset: u64, length: u64, payload: *mut c_void),
->;
+pub type clip_read_observer_cb =
+    Option<unsafe extern "C" fn(event: *const clip_read_event, payload: *mut c_void)>;
 
 /// Options of `clip_mount_new`. Initialise with `clip_mount_options_init`; NULL
 /// options mean the defaults.
@@ -1142,7 +1170,8 @@ pub struct clip_mount_options {
     /// and payload must stay valid until `clip_mount_free`: layers are fetched
     /// while the mount lives.
     pub registry: *const clip_registry_options,
-    /// Told of every file read; NULL for none (then it costs nothing).
+    /// Told of every file read, after the reply; NULL for none (then it costs
+    /// nothing).
     pub read_observer: clip_read_observer_cb,
     /// Handed to `read_observer`; must stay valid until `clip_mount_free`.
     pub read_observer_payload: *mut c_void,
@@ -1224,11 +1253,24 @@ pub extern "C" fn clip_mount_new(
             src.registry = registry_options(o.registry, &stopped)?;
             if let Some(cb) = o.read_observer {
                 let payload = Payload(o.read_observer_payload);
-                mo.read_observer = Some(Arc::new(move |path: &[u8], off: u64, len: u64| {
-                    let p = callback_string(path);
-                    // SAFETY: the header documents the observer's contract; `p`
-                    // lives until the call returns.
-                    unsafe { cb(p.as_ptr(), off, len, payload.get()) }
+                mo.read_observer = Some(Arc::new(move |e: &ReadEvent<'_>| {
+                    let path = callback_string(e.path);
+                    let digest = callback_string(e.layer_digest.to_string().as_bytes());
+                    let error = e.error.map(|e| callback_string(e.to_string().as_bytes()));
+                    let event = clip_read_event {
+                        path: path.as_ptr(),
+                        offset: e.offset,
+                        length: e.length,
+                        bytes_read: e.bytes_read,
+                        duration_ns: e.duration.as_nanos().min(u64::MAX as u128) as u64,
+                        pid: e.pid,
+                        layer_digest: digest.as_ptr(),
+                        error_code: e.error.map_or(CLIP_OK, |e| code_of(e.code())),
+                        error: error.as_ref().map_or(std::ptr::null(), |e| e.as_ptr()),
+                    };
+                    // SAFETY: the header documents the observer's contract; `event`
+                    // and its strings live until the call returns.
+                    unsafe { cb(&event, payload.get()) }
                 }));
             }
         }

@@ -31,10 +31,32 @@ const BLOCK: u32 = 4096;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Told of each file read the mount serves: `(path in the image, offset, length)`.
-/// Called from the read threads, concurrently, before the bytes are fetched; reads
-/// the kernel answers from its page cache never reach the mount and are not seen.
-pub type ReadObserver = Arc<dyn Fn(&[u8], u64, u64) + Send + Sync>;
+/// One file read a mount served, as told to a [`ReadObserver`].
+#[derive(Debug)]
+pub struct ReadEvent<'a> {
+    /// The file's path in the image (`/etc/os-release`); a file with several hard
+    /// links is named by one of them.
+    pub path: &'a [u8],
+    /// Offset the kernel asked for.
+    pub offset: u64,
+    /// Bytes the kernel asked for (within the file).
+    pub length: u64,
+    /// Bytes served (0 on failure).
+    pub bytes_read: u64,
+    /// Time from the request reaching the read thread to the reply.
+    pub duration: Duration,
+    /// Process that issued the read.
+    pub pid: u32,
+    /// Digest of the layer the bytes come from.
+    pub layer_digest: &'a crate::digest::Digest,
+    /// Why the read failed (the reader got `EIO`), if it did.
+    pub error: Option<&'a crate::error::Error>,
+}
+
+/// Told of each file read a mount serves, after the reply. Called from the read
+/// threads, concurrently; reads the kernel answers from its page cache never reach
+/// the mount and are not seen.
+pub type ReadObserver = Arc<dyn Fn(&ReadEvent<'_>) + Send + Sync>;
 
 /// A read observer with the paths of the files it is told about.
 struct Observer {
@@ -254,7 +276,7 @@ impl Filesystem for ClipFs {
     #[allow(clippy::too_many_arguments)]
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -276,20 +298,31 @@ impl Filesystem for ClipFs {
         let store = self.store.clone();
         let seq = self.seq.clone();
         let observer = self.observer.clone();
+        let pid = req.pid();
         let job: Job = Box::new(move || {
-            if let Some(o) = observer {
-                let path = o.paths.get(&ino.0).map_or(&[][..], |p| &p[..]);
-                (o.f)(path, offset, n as u64);
-            }
+            let started = observer.as_ref().map(|_| std::time::Instant::now());
             let layer = inode.b as usize;
             let start = inode.a + offset;
             let mut buf = vec![0u8; n];
-            match store.read_layer(layer, start, &mut buf) {
+            let result = store.read_layer(layer, start, &mut buf);
+            match &result {
                 Ok(()) => reply.data(&buf),
                 Err(e) => {
                     tracing::error!("read of inode {} at {offset}: {e}", ino.0);
                     reply.error(Errno::EIO);
                 }
+            }
+            if let (Some(o), Some(started)) = (observer, started) {
+                (o.f)(&ReadEvent {
+                    path: o.paths.get(&ino.0).map_or(&[][..], |p| &p[..]),
+                    offset,
+                    length: n as u64,
+                    bytes_read: if result.is_ok() { n as u64 } else { 0 },
+                    duration: started.elapsed(),
+                    pid,
+                    layer_digest: &store.image().archive().layers[layer].digest,
+                    error: result.as_ref().err(),
+                });
             }
             // Sequential reader: fetch the span after this one in the background.
             let sequential = {

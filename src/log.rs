@@ -4,7 +4,8 @@
 //!
 //! The level comes from `CLIP_LOG_LEVEL` when the subscriber is installed, and from
 //! [`set_level`] afterwards. Levels: `trace`, `debug`, `info`, `warn` (the default),
-//! `error`, `off`. Only clip's own events are shown, not those of its dependencies.
+//! `error`, `off`; also `warning` for `warn`, and `none` or `disabled` for `off`.
+//! Only clip's own events are shown, not those of its dependencies.
 
 use std::sync::OnceLock;
 
@@ -24,7 +25,11 @@ pub const DEFAULT_LEVEL: &str = "warn";
 static HANDLE: OnceLock<Option<reload::Handle<EnvFilter, Registry>>> = OnceLock::new();
 
 fn filter(level: &str) -> Result<EnvFilter> {
-    let l = level.trim().to_ascii_lowercase();
+    let l = match level.trim().to_ascii_lowercase().as_str() {
+        "warning" => "warn".to_string(),
+        "none" | "disabled" => "off".to_string(),
+        l => l.to_string(),
+    };
     if !LEVELS.contains(&l.as_str()) {
         return Err(Error::Invalid(format!(
             "log level {level:?} is not one of {}",
@@ -80,6 +85,8 @@ mod tests {
             filter(l).unwrap();
         }
         filter("WARN").unwrap();
+        filter("warning").unwrap();
+        filter("disabled").unwrap();
         let e = filter("loud").unwrap_err().to_string();
         assert!(e.contains("\"loud\""), "{e}");
         set_level("debug").unwrap();
