@@ -3,7 +3,7 @@
 set -euo pipefail
 need=()
 for pair in fusermount3:fuse3 umoci:umoci skopeo:skopeo getfattr:attr zstd:zstd gzip:gzip python3:python3 debootstrap:debootstrap \
-    gcc:gcc pkg-config:pkg-config htpasswd:apache2-utils go:golang-go; do
+    htpasswd:apache2-utils openssl:openssl gcc:gcc g++:g++ pkg-config:pkg-config valgrind:valgrind tar:tar go:golang-go; do
   cmd=${pair%%:*} pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -11,11 +11,19 @@
 //!   external tool checks.
 //! - [`tricky_layers`], [`tricky_layout`], [`escaping_layer`] (`fixtures`): the
 //!   fixture catalogue, with what umoci 0.4.7 does on each case.
+//! - [`TestRegistry`] (`registry`): a real `docker-registry` on loopback (anonymous,
+//!   htpasswd or token auth with the test's token server), plus docker credential
+//!   helper and `config.json` writers.
+//! - [`Mounted`] (`mount`): a `clipctl mount --daemon` unmounted when dropped.
+//! - [`Proxy`] (`proxy`): a counting HTTP proxy that can strip `Range` headers.
 #![allow(dead_code, unused_imports)]
 
 pub mod cli;
 pub mod fixtures;
 pub mod layout;
+pub mod mount;
+pub mod proxy;
+pub mod registry;
 pub mod tar_builder;
 pub mod tools;
 pub mod tree_diff;
@@ -23,6 +31,9 @@ pub mod tree_diff;
 pub use cli::*;
 pub use fixtures::*;
 pub use layout::*;
+pub use mount::*;
+pub use proxy::*;
+pub use registry::*;
 pub use tar_builder::*;
 pub use tools::*;
 pub use tree_diff::*;

@@ -11,6 +11,18 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+/// Faults a [`Proxy`] injects, to exercise retries.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// Every n-th request (counting from 1) is answered `503` without reaching
+    /// the registry (0: never).
+    pub fail_every: u64,
+    /// Every n-th request has its response cut after `cut_after` bytes (0: never).
+    pub cut_every: u64,
+    /// Where cut responses stop.
+    pub cut_after: u64,
+}
+
 /// A running proxy; stops accepting when dropped.
 pub struct Proxy {
     addr: String,
@@ -23,6 +35,11 @@ impl Proxy {
     /// Starts a proxy on 127.0.0.1 (a free port) forwarding to `upstream`
     /// (`host:port`); with `strip_range`, `Range` request headers are dropped.
     pub fn start(upstream: &str, strip_range: bool) -> Proxy {
+        Proxy::with_faults(upstream, strip_range, Faults::default())
+    }
+
+    /// Like [`start`](Self::start), injecting `faults`.
+    pub fn with_faults(upstream: &str, strip_range: bool, faults: Faults) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding the proxy");
         let addr = listener.local_addr().unwrap().to_string();
         let bytes = Arc::new(AtomicU64::new(0));
@@ -42,7 +59,7 @@ impl Proxy {
                 let Ok(conn) = conn else { continue };
                 let (b, r, up) = (b.clone(), r.clone(), up.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &up, strip_range, &b, &r);
+                    let _ = serve(conn, &up, strip_range, faults, &b, &r);
                 });
             }
         });
@@ -82,6 +99,7 @@ fn serve(
     conn: TcpStream,
     upstream: &str,
     strip_range: bool,
+    faults: Faults,
     bytes: &AtomicU64,
     requests: &AtomicU64,
 ) -> std::io::Result<()> {
@@ -109,21 +127,36 @@ fn serve(
     head.extend_from_slice(b"Connection: close\r\n\r\n");
     let mut body = vec![0u8; body_len];
     client.read_exact(&mut body)?;
-    requests.fetch_add(1, Ordering::Relaxed);
+    let n = requests.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut out = conn;
+    if faults.fail_every > 0 && n % faults.fail_every == 0 {
+        let msg =
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        out.write_all(msg)?;
+        bytes.fetch_add(msg.len() as u64, Ordering::Relaxed);
+        return out.shutdown(Shutdown::Both);
+    }
+    let limit = if faults.cut_every > 0 && n % faults.cut_every == 0 {
+        faults.cut_after
+    } else {
+        u64::MAX
+    };
     let mut up = TcpStream::connect(upstream)?;
     up.write_all(&head)?;
     up.write_all(&body)?;
-    let mut out = conn;
     let mut buf = vec![0u8; 64 << 10];
-    loop {
+    let mut sent = 0u64;
+    while sent < limit {
         let n = up.read(&mut buf)?;
         if n == 0 {
             break;
         }
+        let n = (n as u64).min(limit - sent) as usize;
         if out.write_all(&buf[..n]).is_err() {
             // The client hung up (it had what it needed from a 200 stream).
             break;
         }
+        sent += n as u64;
         bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
     let _ = out.shutdown(Shutdown::Both);

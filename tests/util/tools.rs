@@ -25,6 +25,7 @@ fn install_hint(name: &str) -> String {
         "zstd" => "zstd",
         "gzip" => "gzip",
         "cp" => "coreutils",
+        "htpasswd" => "apache2-utils",
         _ => name,
     };
     format!("apt-get install -y {pkg}")

@@ -1,0 +1,115 @@
+//! [`Mounted`]: a `clipctl mount --daemon` for tests, unmounted when dropped, and
+//! [`require_fuse`]: FUSE tests fail loudly (never skip) without /dev/fuse.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::cli::clipctl;
+use super::tools::require_tool;
+
+/// Panics unless /dev/fuse and fusermount3 are there.
+pub fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: FUSE tests need it (modprobe fuse, or run the container with --device /dev/fuse)"
+    );
+    require_tool("fusermount3");
+}
+
+/// Whether `p` is a mount point of this process's mount namespace.
+pub fn is_mounted(p: &Path) -> bool {
+    let p = p.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.as_str()))
+}
+
+/// A `clipctl mount --daemon` that is unmounted when dropped.
+pub struct Mounted {
+    /// The mount point (canonical).
+    pub dir: PathBuf,
+    stats: PathBuf,
+}
+
+impl Mounted {
+    /// Mounts `archive` at `dir` with its layers from `layout`.
+    pub fn new(archive: &Path, layout: &Path, dir: &Path, cache: &Path) -> Mounted {
+        Mounted::with_args(
+            archive,
+            dir,
+            cache,
+            &[OsStr::new("--layout"), layout.as_os_str()],
+        )
+    }
+
+    /// Mounts `archive` at `dir` with extra `clipctl mount` arguments (no
+    /// `--layout`: layers come from the registry the archive names).
+    pub fn with_args(archive: &Path, dir: &Path, cache: &Path, extra: &[&OsStr]) -> Mounted {
+        require_fuse();
+        let stats = dir.with_extension("stats.json");
+        let out = clipctl()
+            .arg("mount")
+            .arg(archive)
+            .arg(dir)
+            .args(extra)
+            .arg("--cache-dir")
+            .arg(cache)
+            .arg("--stats-file")
+            .arg(&stats)
+            .arg("--daemon")
+            .arg("--log-file")
+            .arg(dir.with_extension("log"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = std::fs::canonicalize(dir).unwrap();
+        assert!(
+            is_mounted(&dir),
+            "{} is not mounted after mount returned",
+            dir.display()
+        );
+        Mounted { dir, stats }
+    }
+
+    /// The daemon's counters (it rewrites the file every 100 ms).
+    pub fn stats(&self) -> serde_json::Value {
+        std::thread::sleep(Duration::from_millis(300));
+        serde_json::from_slice(&std::fs::read(&self.stats).unwrap()).unwrap()
+    }
+
+    /// Unmounts and waits until the mount is gone.
+    pub fn unmount(&self) {
+        if is_mounted(&self.dir) {
+            let out = clipctl().arg("umount").arg(&self.dir).output().unwrap();
+            assert!(
+                out.status.success(),
+                "umount: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let t = Instant::now();
+        while is_mounted(&self.dir) && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !is_mounted(&self.dir),
+            "stale mount at {}",
+            self.dir.display()
+        );
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
