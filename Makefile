@@ -39,7 +39,7 @@ bench-abi-c: deps
 
 # Refreshes the checked-in include/clip.h from src/ffi.rs.
 header:
-	CLIP_UPDATE_HEADER=1 $(CARGO) test --test header
+	CLIP_UPDATE_HEADER=1 $(CARGO) test --test abi header_is_up_to_date
 
 # libclip.so.$(VERSION) with the libclip.so.$(SOMAJOR) (SONAME) and libclip.so
 # links, include/clip.h and clip.pc for pkg-config.

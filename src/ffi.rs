@@ -302,6 +302,15 @@ fn free_box<T>(p: *mut T) {
     }
 }
 
+/// Takes back a string handed out by [`out_string`].
+fn free_string(s: *mut c_char) {
+    if !s.is_null() {
+        // SAFETY: `s` came from `CString::into_raw` in `out_string` (the header
+        // requires it) and is not used again.
+        drop(unsafe { CString::from_raw(s) });
+    }
+}
+
 /// A string handed out to C, freed with `clip_string_free`.
 fn out_string(s: String) -> FfiResult<*mut c_char> {
     CString::new(s)
@@ -416,13 +425,7 @@ pub extern "C" fn clip_error_clear() {
 /// Never pass it to `free(3)`, nor pass this function memory from elsewhere.
 #[unsafe(no_mangle)]
 pub extern "C" fn clip_string_free(s: *mut c_char) {
-    boundary_void("clip_string_free", || {
-        if !s.is_null() {
-            // SAFETY: `s` came from `CString::into_raw` in this module (the header
-            // requires it) and is not used again.
-            drop(unsafe { CString::from_raw(s) });
-        }
-    });
+    boundary_void("clip_string_free", || free_string(s));
 }
 
 /// Sets the level of the library's log output on stderr: `"trace"`, `"debug"`,
