@@ -10,9 +10,8 @@ static int credential_trampoline(clip_credential *out, const char *registry,
 	return clipgoCredential(out, (char *)registry, (char *)scope, (uintptr_t)payload);
 }
 
-static void read_observer_trampoline(const char *path, uint64_t offset, uint64_t length,
-                                     void *payload) {
-	clipgoReadObserved((char *)path, offset, length, (uintptr_t)payload);
+static void read_observer_trampoline(const clip_read_event *event, void *payload) {
+	clipgoReadObserved((clip_read_event *)event, (uintptr_t)payload);
 }
 
 void clipgo_set_progress(clip_create_options *opts, uintptr_t handle) {

@@ -154,21 +154,36 @@ func answerCredential(out *C.clip_credential, cfg *authn.AuthConfig) C.int {
 }
 
 //export clipgoReadObserved
-func clipgoReadObserved(path *C.char, offset, length C.uint64_t, h C.uintptr_t) {
+func clipgoReadObserved(ev *C.clip_read_event, h C.uintptr_t) {
 	cb := fromHandle(h)
 	defer func() {
 		if r := recover(); r != nil {
 			cb.recovered(r) // a mount has no caller to re-raise it to: the observer is skipped
 		}
 	}()
-	cb.observer(common.ReadTraceEvent{
-		Operation: "clip.read",
-		Source:    string(common.StorageModeOCI),
-		Path:      C.GoString(path),
-		Offset:    int64(offset),
-		Length:    int64(length),
-		StartedAt: time.Now(),
-		Success:   true,
-		Attrs:     map[string]string{"storage_mode": string(common.StorageModeOCI)},
-	})
+	cb.observer(readEvent(ev))
+}
+
+// readEvent converts libclip's read event (told after the reply) into the worker's
+// ReadTraceEvent.
+func readEvent(ev *C.clip_read_event) common.ReadTraceEvent {
+	d := time.Duration(ev.duration_ns)
+	out := common.ReadTraceEvent{
+		Operation:   "clip.read",
+		Source:      string(common.StorageModeOCI),
+		Path:        C.GoString(ev.path),
+		LayerDigest: C.GoString(ev.layer_digest),
+		Offset:      int64(ev.offset),
+		Length:      int64(ev.length),
+		BytesRead:   int64(ev.bytes_read),
+		StartedAt:   time.Now().Add(-d),
+		Duration:    d,
+		CallerPID:   uint32(ev.pid),
+		Success:     ev.error_code == C.CLIP_OK,
+		Attrs:       map[string]string{"storage_mode": string(common.StorageModeOCI)},
+	}
+	if ev.error != nil {
+		out.Error = C.GoString(ev.error)
+	}
+	return out
 }

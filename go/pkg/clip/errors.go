@@ -22,13 +22,14 @@ const (
 	CodeUnsupported Code = C.CLIP_EUNSUPPORTED // valid input this build does not support
 	CodeCallback    Code = C.CLIP_EUSER        // a callback of this package stopped the call
 	CodePanic       Code = C.CLIP_EPANIC       // a bug in libclip (a panic was caught)
+	CodeNetwork     Code = C.CLIP_ENETWORK     // a registry unreachable, or failing after retries
 )
 
 var codeNames = map[Code]string{
 	CodeError: "error", CodeNotFound: "not found", CodeInvalid: "invalid argument",
 	CodeAuth: "unauthorized", CodeCanceled: "canceled", CodeFormat: "bad format",
 	CodeVersion: "unsupported version", CodeUnsupported: "unsupported",
-	CodeCallback: "stopped by a callback", CodePanic: "internal error",
+	CodeCallback: "stopped by a callback", CodePanic: "internal error", CodeNetwork: "network error",
 }
 
 func (c Code) String() string {
@@ -70,4 +71,5 @@ var (
 	ErrUnsupported = &Error{Code: CodeUnsupported, Message: CodeUnsupported.String()}
 	ErrCallback    = &Error{Code: CodeCallback, Message: CodeCallback.String()}
 	ErrPanic       = &Error{Code: CodePanic, Message: CodePanic.String()}
+	ErrNetwork     = &Error{Code: CodeNetwork, Message: CodeNetwork.String()}
 )

@@ -216,7 +216,7 @@ func TestPullFlow(t *testing.T) {
 	}
 	checkMetadata(t, meta, reg.Addr, "team/app", manifest)
 
-	var reads atomic.Int64
+	var reads, bad atomic.Int64
 	mountAndCheck(t, MountOptions{
 		ArchivePath:          out,
 		Metadata:             meta,
@@ -224,13 +224,16 @@ func TestPullFlow(t *testing.T) {
 		CachePath:            filepath.Join(dir, "cache"),
 		RegistryCredProvider: provider,
 		ReadTraceObserver: func(ev common.ReadTraceEvent) {
-			if ev.Operation == "clip.read" && ev.Path != "" {
-				reads.Add(1)
+			reads.Add(1)
+			if ev.Operation != "clip.read" || ev.Path == "" || !ev.Success || ev.BytesRead <= 0 ||
+				!strings.HasPrefix(ev.LayerDigest, "sha256:") || ev.CallerPID == 0 || ev.Duration <= 0 {
+				bad.Add(1)
+				t.Errorf("read event %+v: want a successful clip.read with path, bytes, layer, pid and duration", ev)
 			}
 		},
 	}, testutil.Expected(img))
-	if reads.Load() == 0 {
-		t.Fatal("the read-trace observer saw no reads")
+	if reads.Load() == 0 || bad.Load() > 0 {
+		t.Fatalf("the read-trace observer saw %d reads, %d malformed", reads.Load(), bad.Load())
 	}
 }
 
