@@ -9,8 +9,13 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 SOMAJOR := $(firstword $(subst ., ,$(VERSION)))
 # Where `make test-c` installs the library for the C harness.
 CTEST_PREFIX ?= $(CURDIR)/target/c-prefix
+# The Go package (go/) links libclip through pkg-config, as a worker image does;
+# `make test-go` installs the test build into GO_PREFIX for it.
+GO ?= go
+GO_PREFIX ?= $(CURDIR)/target/go-prefix
+GO_ENV = PKG_CONFIG_PATH=$(GO_PREFIX)/lib/pkgconfig LD_LIBRARY_PATH=$(GO_PREFIX)/lib CGO_ENABLED=1
 
-.PHONY: all build deps test test-rust test-c lint demo bench bench-abi-c header install clean
+.PHONY: all build deps test test-rust test-c test-go lint demo bench bench-abi-c header install clean
 
 all: build
 
@@ -24,6 +29,7 @@ deps:
 test: deps
 	$(CARGO) test --all-targets -- --test-threads=2
 	$(MAKE) test-c
+	$(MAKE) test-go
 	$(MAKE) lint
 
 # The C harness (tests/c/) against the installed header and library, under
@@ -31,6 +37,14 @@ test: deps
 test-c: deps
 	$(MAKE) install PROFILE=debug PREFIX=$(CTEST_PREFIX)
 	./tests/c/run.sh $(CTEST_PREFIX)
+
+# The Go package against the installed library: vet, then the tests (real registry
+# and FUSE) with the race detector, and again with cgocheck2 (no Go pointer kept by C).
+test-go: deps
+	$(MAKE) install PROFILE=debug PREFIX=$(GO_PREFIX)
+	cd go && $(GO_ENV) $(GO) vet ./...
+	cd go && $(GO_ENV) $(GO) test -race -count=1 ./...
+	cd go && $(GO_ENV) GOEXPERIMENT=cgocheck2 $(GO) test -count=1 ./...
 
 # Per-call overhead of the C ABI, ns per call, one line per measure.
 bench-abi-c: deps
