@@ -30,7 +30,6 @@ type callbacks struct {
 
 	mu          sync.Mutex
 	panicked    any
-	ctxStopped  bool // the progress callback gave up because ctx was done
 	hasPanicked bool
 }
 
@@ -68,10 +67,7 @@ func clipgoProgress(p *C.clip_progress, h C.uintptr_t) (rc C.int) {
 	case cb.progress <- ev:
 		return 0
 	case <-cb.ctx.Done():
-		cb.mu.Lock()
-		cb.ctxStopped = true
-		cb.mu.Unlock()
-		return 1
+		return 1 // the call returns CLIP_EUSER, which create reports as ctx.Err()
 	}
 }
 
@@ -158,7 +154,7 @@ func clipgoReadObserved(ev *C.clip_read_event, h C.uintptr_t) {
 	cb := fromHandle(h)
 	defer func() {
 		if r := recover(); r != nil {
-			cb.recovered(r) // a mount has no caller to re-raise it to: the observer is skipped
+			cb.recovered(r) // a mount has no caller to re-raise it to: the event is dropped
 		}
 	}()
 	cb.observer(readEvent(ev))
