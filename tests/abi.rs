@@ -104,7 +104,11 @@ fn run(cmd: &mut Command) -> String {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("{cmd:?}: {e} (make deps installs binutils)"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -137,9 +141,15 @@ fn shared_library_exports_only_the_header_functions() {
             (l.contains('(') && name.starts_with("clip_")).then_some(name)
         })
         .collect();
-    assert!(declared.len() > 20, "parsed too few declarations: {declared:?}");
+    assert!(
+        declared.len() > 20,
+        "parsed too few declarations: {declared:?}"
+    );
     let stray: Vec<_> = exported.difference(&declared).collect();
     assert!(stray.is_empty(), "exported but not in clip.h: {stray:?}");
     let missing: Vec<_> = declared.difference(&exported).collect();
-    assert!(missing.is_empty(), "in clip.h but not exported: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "in clip.h but not exported: {missing:?}"
+    );
 }
