@@ -3,6 +3,7 @@ package clip
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -105,15 +106,8 @@ func checkProgress(t *testing.T, events []OCIIndexProgress, layers int, source s
 func mountAndCheck(t *testing.T, opts MountOptions, want testutil.Tree) {
 	t.Helper()
 	testutil.NeedFUSE(t)
-	start, errs, server, err := MountArchive(opts)
+	errs, server, err := mountLive(opts)
 	if err != nil {
-		t.Fatalf("MountArchive: %v", err)
-	}
-	if err := start(); err != nil {
-		t.Fatalf("start: %v", err)
-	}
-	if err := testutil.WaitMounted(opts.MountPoint, errs); err != nil {
-		_ = server.Unmount()
 		t.Fatal(err)
 	}
 	got := testutil.Snapshot(t, opts.MountPoint)
@@ -133,15 +127,41 @@ func mountAndCheck(t *testing.T, opts MountOptions, want testutil.Tree) {
 	}
 }
 
-func waitClosed(t *testing.T, errs <-chan error) {
-	t.Helper()
+// mountLive mounts as the worker does: MountArchive, start, then wait until the
+// mount table has it.
+func mountLive(opts MountOptions) (<-chan error, *Server, error) {
+	start, errs, server, err := MountArchive(opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := start(); err != nil {
+		_ = server.Unmount()
+		return nil, nil, err
+	}
+	if err := testutil.WaitMounted(opts.MountPoint, errs); err != nil {
+		_ = server.Unmount()
+		return nil, nil, err
+	}
+	return errs, server, nil
+}
+
+// closed waits up to 5 s for the mount channel to be closed with nothing on it.
+func closed(errs <-chan error) error {
 	select {
 	case err, ok := <-errs:
 		if ok {
-			t.Fatalf("mount channel: got %v, want it closed", err)
+			return fmt.Errorf("mount channel: got %v, want it closed", err)
 		}
+		return nil
 	case <-time.After(5 * time.Second):
-		t.Fatal("mount channel not closed 5s after Unmount")
+		return errors.New("mount channel not closed 5s after the unmount")
+	}
+}
+
+func waitClosed(t *testing.T, errs <-chan error) {
+	t.Helper()
+	if err := closed(errs); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -432,15 +452,8 @@ func TestConcurrentMounts(t *testing.T) {
 }
 
 func mountReadUnmount(opts MountOptions, want testutil.Tree) error {
-	start, errs, server, err := MountArchive(opts)
+	errs, server, err := mountLive(opts)
 	if err != nil {
-		return err
-	}
-	if err := start(); err != nil {
-		return err
-	}
-	if err := testutil.WaitMounted(opts.MountPoint, errs); err != nil {
-		_ = server.Unmount()
 		return err
 	}
 	for _, p := range []string{"/etc/os-release", "/data/big.txt", "/usr/bin/hello2", "/app/main.py"} {
@@ -453,13 +466,5 @@ func mountReadUnmount(opts MountOptions, want testutil.Tree) error {
 	if err := server.Unmount(); err != nil {
 		return err
 	}
-	select {
-	case err, ok := <-errs:
-		if ok {
-			return errors.Join(errors.New("mount channel carried a value"), err)
-		}
-	case <-time.After(5 * time.Second):
-		return errors.New(opts.MountPoint + ": channel not closed after Unmount")
-	}
-	return nil
+	return closed(errs)
 }
