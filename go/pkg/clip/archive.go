@@ -14,13 +14,14 @@ import (
 
 // ExtractMetadata reads the metadata of the archive at archivePath. Its StorageInfo
 // is a common.OCIStorageInfo value. A file that is not a valid archive gives an
-// error matching both ErrFormat and common.ErrFileHeaderMismatch.
+// error matching ErrFormat (ErrVersion for another format version, such as an
+// archive of the Go clip) and common.ErrFileHeaderMismatch.
 func (ca *ClipArchiver) ExtractMetadata(archivePath string) (*common.ClipArchiveMetadata, error) {
 	var cs cstrings
 	defer cs.free()
 	var a *C.clip_archive
 	if err := call(func() C.int { return C.clip_archive_open(&a, cs.bytes(archivePath)) }); err != nil {
-		if e := err.(*Error); e.Code == CodeFormat {
+		if e := err.(*Error); e.Code == CodeFormat || e.Code == CodeVersion {
 			e.cause = common.ErrFileHeaderMismatch
 		}
 		return nil, err

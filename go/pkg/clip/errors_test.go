@@ -100,6 +100,18 @@ func TestBadInputs(t *testing.T) {
 		_, err = NewClipArchiver().ExtractMetadata(corrupt)
 		wantErr(t, "flipped byte", err, ErrFormat, corrupt)
 
+		// An archive of the Go clip: its start bytes share our magic's first 8.
+		goClip := filepath.Join(dir, "go-clip-v1.clip")
+		header := append([]byte{0x89, 0x43, 0x4C, 0x49, 0x50, 0x0D, 0x0A, 0x1A, 0x0A, 0x01}, make([]byte, 256)...)
+		if err := os.WriteFile(goClip, header, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err = NewClipArchiver().ExtractMetadata(goClip)
+		wantErr(t, "Go clip archive", err, ErrVersion, goClip)
+		if !errors.Is(err, common.ErrFileHeaderMismatch) {
+			t.Fatalf("%v does not match common.ErrFileHeaderMismatch", err)
+		}
+
 		testutil.NeedFUSE(t)
 		_, _, _, err = MountArchive(MountOptions{ArchivePath: corrupt, MountPoint: filepath.Join(dir, "mnt")})
 		wantErr(t, "mounting a corrupt archive", err, ErrFormat)
