@@ -48,8 +48,8 @@ test-go: deps
 
 # Per-call overhead of the C ABI, ns per call, one line per measure.
 bench-abi-c: deps
-	$(MAKE) install PREFIX=$(CTEST_PREFIX)
-	./tests/c/run.sh --bench $(CTEST_PREFIX)
+	@$(MAKE) --no-print-directory -s install PREFIX=$(CTEST_PREFIX) >/dev/null
+	@./tests/c/run.sh --bench $(CTEST_PREFIX)
 
 # Refreshes the checked-in include/clip.h from src/ffi.rs.
 header:

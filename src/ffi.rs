@@ -372,7 +372,8 @@ pub extern "C" fn clip_version() -> *const c_char {
             Ok(v) => v,
             Err(_) => c"unknown",
         };
-    V.as_ptr()
+    // Nothing here can panic, but every exported function catches unwinds.
+    catch_unwind(|| V.as_ptr()).unwrap_or(c"unknown".as_ptr())
 }
 
 /// The last error of the calling thread: the code and message of the most recent
