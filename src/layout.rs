@@ -145,14 +145,7 @@ impl Layout {
 
     /// Reads a small blob (manifest, index, config), checking size and digest.
     pub fn read_blob(&self, desc: &Desc) -> Result<Vec<u8>> {
-        if desc.size > oci::MAX_METADATA_BLOB {
-            return Err(Error::format(format!(
-                "blob {} is {} bytes, larger than the {} bytes allowed for metadata",
-                desc.digest,
-                desc.size,
-                oci::MAX_METADATA_BLOB
-            )));
-        }
+        oci::check_metadata_size(desc)?;
         let path = self.blob_path(&desc.digest);
         let mut data = Vec::with_capacity(desc.size as usize);
         File::open(&path)

@@ -269,6 +269,18 @@ pub fn parse_manifest_or_index(bytes: &[u8], what: &str) -> Result<ManifestKind>
     }
 }
 
+/// Refuses a metadata blob (manifest, index, config) larger than
+/// [`MAX_METADATA_BLOB`] before it is read.
+pub fn check_metadata_size(desc: &Desc) -> Result<()> {
+    if desc.size > MAX_METADATA_BLOB {
+        return Err(Error::format(format!(
+            "blob {} is {} bytes, larger than the {MAX_METADATA_BLOB} bytes allowed for metadata",
+            desc.digest, desc.size
+        )));
+    }
+    Ok(())
+}
+
 /// Picks the manifest for `platform` from an index, or explains what is there.
 pub fn select_platform<'a>(
     manifests: &'a [Desc],

@@ -126,24 +126,7 @@ fn umoci_made_image_extracts_like_umoci() {
 fn docker_media_types_and_platform_selection() {
     let d = tmp("clip-it-");
     let layout = d.path().join("layout");
-    let mut lb = LayoutBuilder::new(&layout);
-    lb.flavor(Flavor::Docker);
-    let mut t = TarBuilder::new();
-    t.dir("etc").mode(0o755);
-    t.file("etc/which", "docker amd64\n").mode(0o644);
-    lb.add_layer(&t.finish(), Compression::Gzip);
-    let amd = lb.take_image();
-    let mut t = TarBuilder::new();
-    t.file("etc/which", "arm64 v8\n").mode(0o644);
-    lb.add_layer(&t.finish(), Compression::Gzip);
-    let arm = lb.take_image();
-    lb.write_index_image(
-        Some("multi"),
-        &[
-            ("linux", "amd64", None, &amd),
-            ("linux", "arm64", Some("v8"), &arm),
-        ],
-    );
+    multi_platform_layout(&layout, "multi", Flavor::Docker);
     for (platform, want) in [
         ("linux/amd64", "docker amd64\n"),
         ("linux/arm64", "arm64 v8\n"),

@@ -551,18 +551,7 @@ fn create_from_registry_equals_index_of_layout_and_mounts_from_registry() {
     assert_eq!(s["reference"], digest.as_str());
 
     // A mount with no layout fetches from the registry the archive names.
-    let m = Mounted::with_args(
-        &from_registry,
-        &d.path().join("mnt"),
-        &d.path().join("cache"),
-        &[],
-    );
-    let theirs = umoci_unpack(&layout, "t", &d.path().join("bundle"));
-    assert_same_tree(
-        &m.dir,
-        &theirs,
-        &DiffOptions::labelled("clip mount (registry)", "umoci"),
-    );
+    let m = mount_matches_umoci(&from_registry, &layout, d.path(), "clip mount (registry)");
     let errs = check_tricky_tree(&m.dir);
     assert!(errs.is_empty(), "{}", errs.join("\n"));
     let st = m.stats();
@@ -772,19 +761,17 @@ fn build_flow_index_layout_with_storage_ref_push_then_mount_from_registry() {
     );
     assert_eq!(s["repository"], "built/app");
 
-    let m = Mounted::with_args(
-        &archive,
-        &d.path().join("mnt"),
-        &d.path().join("cache"),
-        &[],
-    );
-    let theirs = umoci_unpack(&layout, "t", &d.path().join("bundle"));
-    assert_same_tree(
-        &m.dir,
-        &theirs,
-        &DiffOptions::labelled("clip mount (registry)", "umoci"),
-    );
+    let m = mount_matches_umoci(&archive, &layout, d.path(), "clip mount (registry)");
     m.unmount();
+}
+
+/// Mounts `archive` under `work` with no layout (layers come from the registry it
+/// names) and checks the tree against `umoci unpack` of tag `t` of `layout`.
+fn mount_matches_umoci(archive: &Path, layout: &Path, work: &Path, label: &str) -> Mounted {
+    let m = Mounted::with_args(archive, &work.join("mnt"), &work.join("cache"), &[]);
+    let theirs = umoci_unpack(layout, "t", &work.join("bundle"));
+    assert_same_tree(&m.dir, &theirs, &DiffOptions::labelled(label, "umoci"));
+    m
 }
 
 /// Requests the registry has answered so far, from its access log.
@@ -841,18 +828,7 @@ fn registry_that_ignores_range_still_works_and_small_reads_fetch_one_span() {
         .arg("--out")
         .arg(&archive2));
     assert_eq!(listing(&archive2), listing(&archive));
-    let m = Mounted::with_args(
-        &archive2,
-        &d.path().join("mnt"),
-        &d.path().join("cache"),
-        &[],
-    );
-    let theirs = umoci_unpack(&layout, "t", &d.path().join("bundle"));
-    assert_same_tree(
-        &m.dir,
-        &theirs,
-        &DiffOptions::labelled("clip mount (no Range)", "umoci"),
-    );
+    let m = mount_matches_umoci(&archive2, &layout, d.path(), "clip mount (no Range)");
     m.unmount();
 }
 
@@ -934,6 +910,41 @@ fn secrets_never_reach_logs_or_errors() {
     );
     assert!(
         e.contains("unauthorized") && !e.contains("not-the-pw"),
+        "{e}"
+    );
+}
+
+#[test]
+fn multi_platform_index_in_registry_selects_platform() {
+    let reg = TestRegistry::start(RegistryAuth::None);
+    let d = tmp("clip-reg-multi-");
+    let layout = d.path().join("layout");
+    multi_platform_layout(&layout, "multi", Flavor::Oci);
+    reg.push(&layout, "multi", "multi:v1");
+    for (platform, want) in [
+        ("linux/amd64", "docker amd64\n"),
+        ("linux/arm64", "arm64 v8\n"),
+    ] {
+        let archive = d
+            .path()
+            .join(format!("{}.clip", platform.replace('/', "-")));
+        ok(clipctl()
+            .arg("create")
+            .arg(format!("{}/multi:v1", reg.host()))
+            .args(["--platform", platform, "--out"])
+            .arg(&archive));
+        let out = ok(clipctl().arg("cat").arg(&archive).arg("/etc/which"));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    }
+    let e = fails(
+        clipctl()
+            .arg("create")
+            .arg(format!("{}/multi:v1", reg.host()))
+            .args(["--platform", "linux/s390x", "--out"])
+            .arg(d.path().join("x.clip")),
+    );
+    assert!(
+        e.contains("linux/s390x") && e.contains("linux/arm64"),
         "{e}"
     );
 }

@@ -426,14 +426,7 @@ impl Client {
 
     /// Fetches a small blob (config), checking size and digest.
     pub fn small_blob(&self, desc: &Desc) -> Result<Vec<u8>> {
-        if desc.size > oci::MAX_METADATA_BLOB {
-            return Err(Error::format(format!(
-                "blob {} is {} bytes, larger than the {} bytes allowed for metadata",
-                desc.digest,
-                desc.size,
-                oci::MAX_METADATA_BLOB
-            )));
-        }
+        oci::check_metadata_size(desc)?;
         let url = self.url("blobs", &desc.digest.to_string());
         let what = format!("blob {}", desc.digest);
         let resp = self.check(self.send(|| self.http.get(&url), &what)?, &what)?;

@@ -52,7 +52,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use super::layout::{Compression, ImageInfo, LayoutBuilder};
+use super::layout::{Compression, Flavor, ImageInfo, LayoutBuilder};
 use super::tar_builder::{NameStyle, TarBuilder};
 use super::tree_diff::{file_sha256, read_xattrs, scan_tree, show_bytes};
 
@@ -793,4 +793,28 @@ pub fn compressible_mixed(len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// A two-platform image tagged `tag` in a new layout at `dir` (of `flavor`):
+/// `linux/amd64` whose `/etc/which` says "docker amd64", and `linux/arm64/v8` whose
+/// `/etc/which` says "arm64 v8".
+pub fn multi_platform_layout(dir: &Path, tag: &str, flavor: Flavor) {
+    let mut lb = LayoutBuilder::new(dir);
+    lb.flavor(flavor);
+    let mut t = TarBuilder::new();
+    t.dir("etc").mode(0o755);
+    t.file("etc/which", "docker amd64\n").mode(0o644);
+    lb.add_layer(&t.finish(), Compression::Gzip);
+    let amd = lb.take_image();
+    let mut t = TarBuilder::new();
+    t.file("etc/which", "arm64 v8\n").mode(0o644);
+    lb.add_layer(&t.finish(), Compression::Gzip);
+    let arm = lb.take_image();
+    lb.write_index_image(
+        Some(tag),
+        &[
+            ("linux", "amd64", None, &amd),
+            ("linux", "arm64", Some("v8"), &arm),
+        ],
+    );
 }
