@@ -1,8 +1,21 @@
 # clip: build, test, demo and benchmarks. Every target installs what it needs.
 CARGO ?= cargo
 PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+# Cargo profile `make install` installs from (the C tests use the test build's).
+PROFILE ?= release
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+SOMAJOR := $(firstword $(subst ., ,$(VERSION)))
+# Where `make test-c` installs the library for the C harness.
+CTEST_PREFIX ?= $(CURDIR)/target/c-prefix
+# The Go package (go/) links libclip through pkg-config, as a worker image does;
+# `make test-go` installs the test build into GO_PREFIX for it.
+GO ?= go
+GO_PREFIX ?= $(CURDIR)/target/go-prefix
+GO_ENV = PKG_CONFIG_PATH=$(GO_PREFIX)/lib/pkgconfig LD_LIBRARY_PATH=$(GO_PREFIX)/lib CGO_ENABLED=1
 
-.PHONY: all build deps test test-rust lint demo bench clean
+.PHONY: all build deps test test-rust test-c test-go lint demo bench bench-abi-c header install clean
 
 all: build
 
@@ -15,7 +28,45 @@ deps:
 
 test: deps
 	$(CARGO) test --all-targets -- --test-threads=2
+	$(MAKE) test-c
+	$(MAKE) test-go
 	$(MAKE) lint
+
+# The C harness (tests/c/) against the installed header and library, under
+# AddressSanitizer and valgrind, with a real layout, registry and FUSE mount.
+test-c: deps
+	$(MAKE) install PROFILE=debug PREFIX=$(CTEST_PREFIX)
+	./tests/c/run.sh $(CTEST_PREFIX)
+
+# The Go package against the installed library: vet, then the tests (real registry
+# and FUSE) with the race detector, and again with cgocheck2 (no Go pointer kept by C).
+test-go: deps
+	$(MAKE) install PROFILE=debug PREFIX=$(GO_PREFIX)
+	cd go && $(GO_ENV) $(GO) vet ./...
+	cd go && $(GO_ENV) $(GO) test -race -count=1 ./...
+	cd go && $(GO_ENV) GOEXPERIMENT=cgocheck2 $(GO) test -count=1 ./...
+
+# Per-call overhead of the C ABI, ns per call, one line per measure.
+bench-abi-c: deps
+	@$(MAKE) --no-print-directory -s install PREFIX=$(CTEST_PREFIX) >/dev/null
+	@./tests/c/run.sh --bench $(CTEST_PREFIX)
+
+# Refreshes the checked-in include/clip.h from src/ffi.rs.
+header:
+	CLIP_UPDATE_HEADER=1 $(CARGO) test --test abi header_is_up_to_date
+
+# libclip.so.$(VERSION) with the libclip.so.$(SOMAJOR) (SONAME) and libclip.so
+# links, include/clip.h and clip.pc for pkg-config.
+install:
+	$(CARGO) build --lib $(if $(filter release,$(PROFILE)),--release,)
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)
+	install -m 0755 target/$(PROFILE)/libclip.so $(DESTDIR)$(LIBDIR)/libclip.so.$(VERSION)
+	ln -sf libclip.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libclip.so.$(SOMAJOR)
+	ln -sf libclip.so.$(SOMAJOR) $(DESTDIR)$(LIBDIR)/libclip.so
+	install -m 0644 include/clip.h $(DESTDIR)$(INCLUDEDIR)/clip.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+	    clip.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/clip.pc
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -2,7 +2,8 @@
 # Installs the Debian packages clip's tests, demo and benchmarks use, if missing.
 set -euo pipefail
 need=()
-for pair in fusermount3:fuse3 umoci:umoci skopeo:skopeo getfattr:attr zstd:zstd gzip:gzip python3:python3 debootstrap:debootstrap htpasswd:apache2-utils openssl:openssl; do
+for pair in fusermount3:fuse3 umoci:umoci skopeo:skopeo getfattr:attr zstd:zstd gzip:gzip python3:python3 debootstrap:debootstrap \
+    htpasswd:apache2-utils openssl:openssl gcc:gcc g++:g++ pkg-config:pkg-config valgrind:valgrind tar:tar go:golang-go; do
   cmd=${pair%%:*} pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -14,6 +15,12 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+# The Go package (go/) needs the Go version its go.mod names; from Go 1.21 on, `go`
+# fetches a newer toolchain itself (GOTOOLCHAIN=auto, through the module proxy).
+gov=$(go env GOVERSION 2>/dev/null | sed 's/^go//')
+case "$gov" in
+  1.1[0-9]*|1.20*|"") echo "deps: warning: go ${gov:-?} cannot build go/ (it needs Go >= 1.21 to fetch the toolchain go/go.mod names)" >&2 ;;
+esac
 if ! command -v cargo >/dev/null 2>&1; then
   echo "deps: cargo is missing; install Rust (rustup) first" >&2
   exit 1

@@ -31,6 +31,39 @@ const BLOCK: u32 = 4096;
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// One file read a mount served, as told to a [`ReadObserver`].
+#[derive(Debug)]
+pub struct ReadEvent<'a> {
+    /// The file's path in the image (`/etc/os-release`); a file with several hard
+    /// links is named by one of them.
+    pub path: &'a [u8],
+    /// Offset the kernel asked for.
+    pub offset: u64,
+    /// Bytes the kernel asked for (within the file).
+    pub length: u64,
+    /// Bytes served (0 on failure).
+    pub bytes_read: u64,
+    /// Time from the request reaching the read thread to the reply.
+    pub duration: Duration,
+    /// Process that issued the read.
+    pub pid: u32,
+    /// Digest of the layer the bytes come from.
+    pub layer_digest: &'a crate::digest::Digest,
+    /// Why the read failed (the reader got `EIO`), if it did.
+    pub error: Option<&'a crate::error::Error>,
+}
+
+/// Told of each file read a mount serves, after the reply. Called from the read
+/// threads, concurrently; reads the kernel answers from its page cache never reach
+/// the mount and are not seen.
+pub type ReadObserver = Arc<dyn Fn(&ReadEvent<'_>) + Send + Sync>;
+
+/// A read observer with the paths of the files it is told about.
+struct Observer {
+    f: ReadObserver,
+    paths: std::collections::HashMap<u64, Box<[u8]>>,
+}
+
 /// The filesystem.
 pub struct ClipFs {
     store: Arc<Store>,
@@ -40,6 +73,8 @@ pub struct ClipFs {
     seq: Arc<Mutex<HashMap<u64, u64>>>,
     /// Sum of regular file sizes, for statfs (the tree never changes).
     file_bytes: u64,
+    /// Told of every read, if set.
+    observer: Option<Arc<Observer>>,
 }
 
 impl ClipFs {
@@ -76,7 +111,16 @@ impl ClipFs {
             jobs: Mutex::new(tx),
             next_fh: AtomicU64::new(1),
             seq: Arc::new(Mutex::new(HashMap::new())),
+            observer: None,
         }
+    }
+
+    /// Tells `observer` of every read served from now on (the paths of all files
+    /// are looked up here, once).
+    pub fn with_read_observer(mut self, observer: ReadObserver) -> ClipFs {
+        let paths = self.tree().file_paths();
+        self.observer = Some(Arc::new(Observer { f: observer, paths }));
+        self
     }
 
     fn tree(&self) -> &Tree {
@@ -232,7 +276,7 @@ impl Filesystem for ClipFs {
     #[allow(clippy::too_many_arguments)]
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -253,16 +297,32 @@ impl Filesystem for ClipFs {
         let n = (inode.size - offset).min(size as u64) as usize;
         let store = self.store.clone();
         let seq = self.seq.clone();
+        let observer = self.observer.clone();
+        let pid = req.pid();
         let job: Job = Box::new(move || {
+            let started = observer.as_ref().map(|_| std::time::Instant::now());
             let layer = inode.b as usize;
             let start = inode.a + offset;
             let mut buf = vec![0u8; n];
-            match store.read_layer(layer, start, &mut buf) {
+            let result = store.read_layer(layer, start, &mut buf);
+            match &result {
                 Ok(()) => reply.data(&buf),
                 Err(e) => {
                     tracing::error!("read of inode {} at {offset}: {e}", ino.0);
                     reply.error(Errno::EIO);
                 }
+            }
+            if let (Some(o), Some(started)) = (observer, started) {
+                (o.f)(&ReadEvent {
+                    path: o.paths.get(&ino.0).map_or(&[][..], |p| &p[..]),
+                    offset,
+                    length: n as u64,
+                    bytes_read: if result.is_ok() { n as u64 } else { 0 },
+                    duration: started.elapsed(),
+                    pid,
+                    layer_digest: &store.image().archive().layers[layer].digest,
+                    error: result.as_ref().err(),
+                });
             }
             // Sequential reader: fetch the span after this one in the background.
             let sequential = {

@@ -24,6 +24,9 @@
 //! - [`reference`]: image references (`host/repo:tag`, `@sha256:`, `oci:/dir:tag`).
 //! - [`registry`]: the OCI distribution API client (auth, retries, Range reads).
 //! - [`create`]: the high-level "index this image into that archive" operation.
+//! - [`mount`] and [`fs`]: the FUSE mount of an image.
+//! - [`log`]: a global stderr log subscriber with a changeable level (for the C ABI).
+//! - [`ffi`]: the C ABI (`include/clip.h`); the only module with `unsafe` code.
 //!
 //! The `clipctl` binary and the C ABI are thin layers over this API.
 #![deny(unsafe_code)]
@@ -35,10 +38,13 @@ pub mod create;
 pub mod digest;
 pub mod error;
 pub mod extract;
+#[allow(unsafe_code)]
+pub mod ffi;
 pub mod fs;
 pub mod image;
 pub mod index;
 pub mod layout;
+pub mod log;
 pub mod mount;
 pub mod oci;
 pub mod reference;

@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fs::ClipFs;
+use crate::fs::{ClipFs, ReadObserver};
 use crate::image::Image;
 use crate::store::{DEFAULT_MAX_BYTES, Store, StoreStats};
 
 /// How to mount.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MountOptions {
     /// The span cache directory (shared by mounts and processes).
     pub cache_dir: PathBuf,
@@ -25,6 +25,25 @@ pub struct MountOptions {
     pub read_threads: usize,
     /// Threads reading FUSE requests.
     pub event_threads: usize,
+    /// Told of every file read the mount serves (see [`ReadObserver`]); `None`
+    /// costs nothing.
+    pub read_observer: Option<ReadObserver>,
+}
+
+impl std::fmt::Debug for MountOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountOptions")
+            .field("cache_dir", &self.cache_dir)
+            .field("cache_max_bytes", &self.cache_max_bytes)
+            .field("allow_other", &self.allow_other)
+            .field("read_threads", &self.read_threads)
+            .field("event_threads", &self.event_threads)
+            .field(
+                "read_observer",
+                &self.read_observer.as_ref().map(|_| "<fn>"),
+            )
+            .finish()
+    }
 }
 
 impl Default for MountOptions {
@@ -35,6 +54,7 @@ impl Default for MountOptions {
             allow_other: false,
             read_threads: 8,
             event_threads: 2,
+            read_observer: None,
         }
     }
 }
@@ -68,7 +88,10 @@ impl Mount {
         std::fs::create_dir_all(mountpoint).ctx("creating mount point", mountpoint)?;
         let mountpoint = std::fs::canonicalize(mountpoint).ctx("resolving", mountpoint)?;
         let store = Store::new(Arc::new(image), &opts.cache_dir, opts.cache_max_bytes)?;
-        let fs = ClipFs::new(store.clone(), opts.read_threads);
+        let mut fs = ClipFs::new(store.clone(), opts.read_threads);
+        if let Some(o) = &opts.read_observer {
+            fs = fs.with_read_observer(o.clone());
+        }
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::RO,

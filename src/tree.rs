@@ -291,6 +291,41 @@ impl Tree {
             .collect()
     }
 
+    /// The path (`/a/b`) of every regular file, by inode number; a file with several
+    /// hard links gets the first of its paths in depth-first name order. Walks the
+    /// whole tree, so callers build this once (a mount's read observer does).
+    pub fn file_paths(&self) -> std::collections::HashMap<u64, Box<[u8]>> {
+        let mut out = std::collections::HashMap::new();
+        let mut seen = vec![false; self.inodes.len() + 1];
+        seen[ROOT_INO as usize] = true;
+        // (directory's entries, next entry, length of the directory's path in `path`)
+        let mut stack: Vec<(&[Dirent], usize, usize)> = vec![(self.children(ROOT_INO), 0, 0)];
+        let mut path: Vec<u8> = Vec::new();
+        while let Some(top) = stack.last_mut() {
+            let (ents, next, len) = (top.0, top.1, top.2);
+            let Some(d) = ents.get(next) else {
+                stack.pop();
+                continue;
+            };
+            top.1 += 1;
+            path.truncate(len);
+            path.push(b'/');
+            path.extend_from_slice(self.name(d));
+            let ino = d.ino as u64;
+            match self.inode(ino).map(|i| i.kind()) {
+                Some(Kind::Dir) if !std::mem::replace(&mut seen[ino as usize], true) => {
+                    stack.push((self.children(ino), 0, path.len()));
+                }
+                Some(Kind::File) => {
+                    out.entry(ino)
+                        .or_insert_with(|| path.clone().into_boxed_slice());
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// Serializes the inode table.
     pub fn encode_inodes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.inodes.len() * INODE_SIZE);

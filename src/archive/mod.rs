@@ -8,6 +8,7 @@
 //! *required* section or any inconsistency inside a section is an error naming the
 //! problem. Unknown optional sections are skipped.
 
+mod info;
 mod reader;
 mod writer;
 
@@ -18,6 +19,7 @@ use crate::digest::Digest;
 use crate::oci::{Compression, ImageConfig, Platform};
 use crate::tree::Tree;
 
+pub use info::{Info, LayerInfo};
 pub use reader::{parse, read};
 pub use writer::write;
 

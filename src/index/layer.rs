@@ -40,7 +40,8 @@ pub struct LayerProgress {
 }
 
 /// Indexes one layer read from `reader`, cutting spans of `span_size` bytes.
-/// `cancel` is polled between reads; `progress` is called after each read.
+/// `cancel` is polled between reads and between decompressed chunks; `progress`
+/// is called after each read.
 pub fn index_layer(
     reader: &mut dyn Read,
     layer: &Layer,
@@ -130,6 +131,11 @@ fn produce(
     let uncompressed = std::cell::Cell::new(0u64);
     let mut failed: Option<Error> = None;
     let mut sink = |data: &[u8]| -> Result<()> {
+        // Polled per output chunk too: one read of a highly compressed blob can
+        // inflate to hundreds of MiB, and a cancel must not wait for that.
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Canceled);
+        }
         uncompressed.set(uncompressed.get() + data.len() as u64);
         let mut b = free_rx
             .try_recv()

@@ -6,7 +6,7 @@
 //!    the caller for every registry;
 //! 2. [`RegistryOptions::callback`](super::RegistryOptions::callback), asked per
 //!    registry and scope (the C ABI and Go providers land here); `Ok(None)` means
-//!    "no opinion";
+//!    "no opinion", an error fails the request;
 //! 3. the environment: `CLIP_REGISTRY_USER_<HOST>` / `CLIP_REGISTRY_PASS_<HOST>`
 //!    (host upper-cased, `.`, `-` and `:` as `_`), as the Go clip read them;
 //! 4. a docker `config.json` (`auths`, `credHelpers`, `credsStore` through
@@ -61,7 +61,7 @@ impl std::fmt::Debug for Credential {
 
 /// Asked for credentials: `(registry host[:port], scope)`; the scope is
 /// `repository:<name>:pull`. `Ok(None)` means "no opinion": fall back to the
-/// default chain. An error is logged and also falls back.
+/// default chain. An error fails the request that asked (the caller's way to stop).
 pub type CredentialFn = Arc<dyn Fn(&str, &str) -> Result<Option<Credential>> + Send + Sync>;
 
 /// Credentials and where they came from (for messages; never the secret itself).
@@ -76,30 +76,26 @@ pub struct Resolved {
 
 /// Resolves the credentials for `registry` and `scope` along the chain described in
 /// the module documentation.
-pub fn resolve(registry: &str, scope: &str, opts: &RegistryOptions) -> Resolved {
+pub fn resolve(registry: &str, scope: &str, opts: &RegistryOptions) -> Result<Resolved> {
     let found = |credential, origin: &str| Resolved {
         credential,
         origin: origin.to_string(),
     };
     if let Some(c) = &opts.credential {
-        return found(c.clone(), "options");
+        return Ok(found(c.clone(), "options"));
     }
-    if let Some(cb) = &opts.callback {
-        match cb(registry, scope) {
-            Ok(Some(c)) => return found(c, "the credential callback"),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(%registry, "credential callback failed ({e}); using the default chain")
-            }
-        }
+    if let Some(cb) = &opts.callback
+        && let Some(c) = cb(registry, scope)?
+    {
+        return Ok(found(c, "the credential callback"));
     }
     if let Some(c) = from_env(registry) {
-        return found(c, "CLIP_REGISTRY_USER/PASS environment variables");
+        return Ok(found(c, "CLIP_REGISTRY_USER/PASS environment variables"));
     }
     if let Some(r) = from_config(registry, opts.auth_file.as_deref()) {
-        return r;
+        return Ok(r);
     }
-    found(Credential::Anonymous, "anonymous")
+    Ok(found(Credential::Anonymous, "anonymous"))
 }
 
 fn env_key(registry: &str) -> String {

@@ -172,7 +172,7 @@ impl Client {
             return Ok(None);
         };
         if st.resolved.is_none() {
-            let r = auth::resolve(&self.registry, &self.scope(), &self.opts);
+            let r = auth::resolve(&self.registry, &self.scope(), &self.opts)?;
             tracing::debug!(registry = %self.registry, origin = %r.origin, "registry credentials");
             st.resolved = Some(r);
         }

@@ -1,0 +1,30 @@
+#include "callbacks.h"
+#include "_cgo_export.h"
+
+static int progress_trampoline(const clip_progress *p, void *payload) {
+	return clipgoProgress((clip_progress *)p, (uintptr_t)payload);
+}
+
+static int credential_trampoline(clip_credential *out, const char *registry,
+                                 const char *scope, void *payload) {
+	return clipgoCredential(out, (char *)registry, (char *)scope, (uintptr_t)payload);
+}
+
+static void read_observer_trampoline(const clip_read_event *event, void *payload) {
+	clipgoReadObserved((clip_read_event *)event, (uintptr_t)payload);
+}
+
+void clipgo_set_progress(clip_create_options *opts, uintptr_t handle) {
+	opts->progress_cb = progress_trampoline;
+	opts->progress_payload = (void *)handle;
+}
+
+void clipgo_set_credentials(clip_registry_options *opts, uintptr_t handle) {
+	opts->credential_cb = credential_trampoline;
+	opts->credential_payload = (void *)handle;
+}
+
+void clipgo_set_read_observer(clip_mount_options *opts, uintptr_t handle) {
+	opts->read_observer = read_observer_trampoline;
+	opts->read_observer_payload = (void *)handle;
+}

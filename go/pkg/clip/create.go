@@ -1,0 +1,191 @@
+package clip
+
+/*
+#include <stdlib.h>
+#include "callbacks.h"
+*/
+import "C"
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/beam-cloud/clip/go/pkg/common"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// CreateFromOCIImage indexes the image ImageRef names (from its registry, or from
+// the OCI layout at LocalLayoutPath) into an index-only archive at OutputPath,
+// recording StorageImageRef (else ImageRef) as where mounts fetch layers from.
+// Cancelling ctx stops it promptly; nothing is then left at OutputPath.
+func CreateFromOCIImage(ctx context.Context, options CreateFromOCIImageOptions) error {
+	o := options
+	if o.OutputPath == "" {
+		return invalid("CreateFromOCIImageOptions.OutputPath is empty")
+	}
+	if o.ImageRef == "" && o.LocalLayoutPath == "" {
+		return invalid("CreateFromOCIImageOptions needs ImageRef or LocalLayoutPath")
+	}
+	spec := createSpec{
+		imageRef:    o.ImageRef,
+		layout:      o.LocalLayoutPath,
+		storageRef:  o.StorageImageRef,
+		output:      o.OutputPath,
+		platform:    o.Platform,
+		concurrency: o.IndexConcurrency,
+		progress:    o.ProgressChan,
+		provider:    providerOf(o.CredProvider),
+	}
+	if spec.storageRef == "" {
+		spec.storageRef = o.ImageRef
+	}
+	switch {
+	case o.CheckpointMiB == 0:
+		spec.checkpointMiB = 2
+	case o.CheckpointMiB < 0:
+		return invalid(fmt.Sprintf("CheckpointMiB %d is negative", o.CheckpointMiB))
+	default:
+		spec.checkpointMiB = o.CheckpointMiB
+	}
+	if spec.concurrency <= 0 {
+		spec.concurrency = 4
+	}
+	return create(ctx, spec)
+}
+
+// CreateIndexOnlyArchiveFromOCILayout indexes the image tagged tag ("" means
+// "latest") in the OCI layout at ociDir into an index-only archive at outputPath.
+// The archive records no registry: mount it with MountOptions.LocalLayoutPath, or
+// use CreateFromOCIImage with LocalLayoutPath and StorageImageRef to record one.
+func CreateIndexOnlyArchiveFromOCILayout(ctx context.Context, ociDir, tag, outputPath string) error {
+	if ociDir == "" {
+		return invalid("ociDir is empty")
+	}
+	if outputPath == "" {
+		return invalid("outputPath is empty")
+	}
+	if tag == "" {
+		tag = "latest"
+	}
+	return create(ctx, createSpec{
+		layout: ociDir, layoutTag: tag, output: outputPath,
+		checkpointMiB: 2, concurrency: 4,
+	})
+}
+
+// createSpec is one create call, validated and defaulted.
+type createSpec struct {
+	imageRef      string // read from the registry unless layout is set
+	layout        string // an OCI layout to read instead
+	layoutTag     string // "" = the layout's only image
+	storageRef    string // recorded in the archive; "" = none
+	output        string
+	checkpointMiB int64
+	platform      *v1.Platform
+	concurrency   int
+	progress      chan<- OCIIndexProgress
+	provider      common.RegistryCredentialProvider
+}
+
+func create(ctx context.Context, s createSpec) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if err := ctx.Err(); err != nil {
+		return &Error{Code: CodeCanceled, Message: "operation cancelled", cause: err}
+	}
+	var cs cstrings
+	defer cs.free()
+	opts := cAlloc[C.clip_create_options]()
+	defer cFree(opts)
+	if err := call(func() C.int { return C.clip_create_options_init(opts, C.CLIP_CREATE_OPTIONS_VERSION) }); err != nil {
+		return err
+	}
+	opts.storage_ref = cs.str(s.storageRef)
+	opts.platform = cs.str(platformString(s.platform))
+	opts.span_size = C.uint64_t(s.checkpointMiB) << 20
+	opts.concurrency = C.uint(s.concurrency)
+
+	cb := &callbacks{ctx: ctx, progress: s.progress, provider: s.provider}
+	if s.progress != nil || s.provider != nil {
+		h := newHandle(cb)
+		defer deleteHandle(h)
+		if s.progress != nil {
+			C.clipgo_set_progress(opts, C.uintptr_t(h))
+		}
+		if s.provider != nil {
+			reg := cAlloc[C.clip_registry_options]()
+			defer cFree(reg)
+			if err := call(func() C.int { return C.clip_registry_options_init(reg, C.CLIP_REGISTRY_OPTIONS_VERSION) }); err != nil {
+				return err
+			}
+			C.clipgo_set_credentials(reg, C.uintptr_t(h))
+			opts.registry = reg
+		}
+	}
+
+	err := withCancel(ctx, func(tok *C.clip_cancel) error {
+		opts.cancel = tok
+		return call(func() C.int {
+			if s.layout != "" {
+				return C.clip_index_layout(cs.str(s.layout), cs.str(s.layoutTag), cs.str(s.output), opts)
+			}
+			return C.clip_create_from_image(cs.str(s.imageRef), cs.str(s.output), opts)
+		})
+	})
+	cb.rethrow()
+	var ce *Error
+	if errors.As(err, &ce) && ctx.Err() != nil && (ce.Code == CodeCanceled || ce.Code == CodeCallback) {
+		// Stopped because ctx is done (by the cancel token, or by a progress send
+		// that gave up): report the context's error.
+		return &Error{Code: CodeCanceled, Message: ce.Message, cause: ctx.Err()}
+	}
+	return err
+}
+
+// withCancel runs f with a cancel token that is cancelled when ctx is done. The
+// watcher goroutine is joined before the token is freed.
+func withCancel(ctx context.Context, f func(tok *C.clip_cancel) error) error {
+	var tok *C.clip_cancel
+	if err := call(func() C.int { return C.clip_cancel_new(&tok) }); err != nil {
+		return err
+	}
+	defer C.clip_cancel_free(tok)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-ctx.Done():
+			C.clip_cancel_cancel(tok)
+		case <-done:
+		}
+	}()
+	err := f(tok)
+	close(done)
+	wg.Wait()
+	return err
+}
+
+func platformString(p *v1.Platform) string {
+	if p == nil {
+		return ""
+	}
+	s := p.OS + "/" + p.Architecture
+	if p.Variant != "" {
+		s += "/" + p.Variant
+	}
+	return s
+}
+
+// providerOf accepts what the Go clip accepted: any value, used when it is a
+// common.RegistryCredentialProvider (a nil one means clip's default chain).
+func providerOf(v interface{}) common.RegistryCredentialProvider {
+	p, _ := v.(common.RegistryCredentialProvider)
+	return p
+}
+
+func invalid(msg string) error { return &Error{Code: CodeInvalid, Message: msg} }

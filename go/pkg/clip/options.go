@@ -1,0 +1,119 @@
+package clip
+
+import (
+	"context"
+
+	"github.com/beam-cloud/clip/go/pkg/common"
+	"github.com/beam-cloud/clip/go/pkg/storage"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// MountOptions configures MountArchive. Fields marked "accepted, not used" exist so
+// that callers written for the Go clip compile unchanged; docs/GO.md lists them.
+type MountOptions struct {
+	// Context is accepted, not used (it served content preparation).
+	Context context.Context
+	// ArchivePath is the .clip archive to mount.
+	ArchivePath string
+	// Metadata is what ExtractMetadata returned for ArchivePath. It may be nil;
+	// MountArchive reads the archive either way (the Rust side maps it, which costs
+	// less than converting the Go value back).
+	Metadata *common.ClipArchiveMetadata
+	// MountPoint is created if missing.
+	MountPoint string
+	// CachePath is the span cache directory, shared by mounts and processes
+	// ("" = clip's default: $CLIP_CACHE_DIR, else ~/.cache/clip).
+	CachePath string
+	// RegistryCredProvider, if it is a common.RegistryCredentialProvider, is asked
+	// for credentials when layer bytes are fetched from the registry.
+	RegistryCredProvider interface{}
+	// ReadTraceObserver, if set, is called for every lazy read, on FUSE threads.
+	ReadTraceObserver common.ReadTraceObserver
+	// LocalLayoutPath, if set, serves layer bytes from this OCI image layout instead
+	// of the registry the archive names (an addition of this package).
+	LocalLayoutPath string
+
+	// Accepted, not used: content caches, v1 S3 archives and preparation are not
+	// served by this package (see docs/GO.md). Checkpoints are always used.
+	ContentCache          storage.ContentCache
+	ContentCacheAvailable bool
+	StorageModeOverride   common.StorageMode
+	StorageInfo           common.ClipStorageInfo
+	Credentials           storage.ClipStorageCredentials
+	UseCheckpoints        bool
+	PrepareConcurrency    int
+	PrepareProgress       func(storage.PrepareProgress)
+}
+
+// CreateFromOCIImageOptions configures CreateFromOCIImage.
+type CreateFromOCIImageOptions struct {
+	// ImageRef is the registry reference read from, and recorded in the archive as
+	// where mounts fetch layers from (unless StorageImageRef is set).
+	ImageRef string
+	// StorageImageRef, if set, is recorded instead of ImageRef.
+	StorageImageRef string
+	// LocalLayoutPath, if set, is an OCI image layout read instead of the registry;
+	// it must hold one image. The archive still records ImageRef/StorageImageRef.
+	LocalLayoutPath string
+	// OutputPath receives the index-only archive (written atomically: on failure or
+	// cancellation nothing is left there).
+	OutputPath string
+	// CheckpointMiB is the uncompressed span between checkpoints; 0 means 2.
+	CheckpointMiB int64
+	// CredProvider, if it is a common.RegistryCredentialProvider, is asked for
+	// registry credentials.
+	CredProvider interface{}
+	// ProgressChan, if set, receives OCIIndexProgress events. Sends block (they give
+	// up when ctx is done); the channel is never closed by this package and nothing
+	// is sent after CreateFromOCIImage returns.
+	ProgressChan chan<- OCIIndexProgress
+	// Platform picks from a multi-platform image; nil means linux/runtime.GOARCH.
+	Platform *v1.Platform
+	// IndexConcurrency is how many layers are indexed at once; <=0 means 4.
+	IndexConcurrency int
+
+	// Accepted, not used: content and layer-index caches (see docs/GO.md).
+	ContentCache    storage.ContentCache
+	ContentCacheDir string
+	LayerIndexCache storage.LayerIndexCache
+}
+
+// Where a layer's bytes came from, in OCIIndexProgress.Source.
+const (
+	LayerSourceIndexCache   = "index-cache"
+	LayerSourceContentCache = "content-cache"
+	LayerSourceLocalLayout  = "local-layout"
+	LayerSourceRegistry     = "registry"
+)
+
+// Stages of OCIIndexProgress. Per layer: StageStarting, then StageProgress events
+// (at most one every 500 ms), then StageCompleted. Layers interleave.
+const (
+	StageStarting  = "starting"
+	StageProgress  = "progress"
+	StageCompleted = "completed"
+)
+
+// OCIIndexProgress is a progress event of CreateFromOCIImage.
+type OCIIndexProgress struct {
+	LayerIndex      int    // 1-based
+	TotalLayers     int    // layers in the image
+	LayerDigest     string // compressed digest
+	Stage           string // StageStarting, StageProgress or StageCompleted
+	FilesIndexed    int    // entries in the layer ("completed" only)
+	Message         string // human-readable
+	CompletedLayers int    // layers completed so far ("completed" only)
+	Source          string // a LayerSource* value
+	// BytesProcessed is the uncompressed bytes so far; on "completed" the total.
+	BytesProcessed int64
+	// BytesTotal is the uncompressed size ("completed" only).
+	BytesTotal int64
+	// Compressed bytes read so far, and the layer's compressed size.
+	CompressedBytesProcessed, CompressedBytesTotal int64
+}
+
+// ClipArchiver reads archive metadata.
+type ClipArchiver struct{}
+
+// NewClipArchiver returns a ClipArchiver.
+func NewClipArchiver() *ClipArchiver { return &ClipArchiver{} }

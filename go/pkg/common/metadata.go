@@ -1,0 +1,111 @@
+package common
+
+import (
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// ErrFileHeaderMismatch is matched (errors.Is) by the error ExtractMetadata returns
+// for a file that is not a .clip archive or whose header is corrupt.
+var ErrFileHeaderMismatch = errors.New("unexpected file header")
+
+// StorageMode names where a mounted archive reads file bytes from.
+type StorageMode string
+
+// Storage modes. Archives written by this library are always StorageModeOCI.
+const (
+	StorageModeLocal StorageMode = "local"
+	StorageModeS3    StorageMode = "s3"
+	StorageModeOCI   StorageMode = "oci"
+)
+
+// ClipArchiveMetadata is what ExtractMetadata reads from an archive. It is handed
+// back to MountArchive as MountOptions.Metadata.
+type ClipArchiveMetadata struct {
+	Header      ClipArchiveHeader
+	StorageInfo ClipStorageInfo // an OCIStorageInfo value for archives of this library
+}
+
+// ClipArchiveHeader describes the archive file itself.
+type ClipArchiveHeader struct {
+	FormatVersion int    // on-disk format version (docs/FORMAT.md)
+	CreatedBy     string // the library version that wrote it ("clip 0.1.0")
+	Source        string // where the image was read from when indexing
+	ArchiveSize   int64  // bytes
+}
+
+// ClipStorageInfo describes where a mount fetches layer bytes from.
+type ClipStorageInfo interface {
+	Type() string
+	Encode() ([]byte, error)
+}
+
+// S3StorageInfo is the storage info of v1 archives kept in S3. Archives of this
+// library never carry it; the type exists so that code naming it compiles.
+type S3StorageInfo struct {
+	Bucket         string
+	Region         string
+	Key            string
+	Endpoint       string
+	ForcePathStyle bool
+}
+
+// Type returns "s3".
+func (s S3StorageInfo) Type() string { return string(StorageModeS3) }
+
+// Encode returns the JSON encoding of s.
+func (s S3StorageInfo) Encode() ([]byte, error) { return json.Marshal(s) }
+
+// OCIStorageInfo says which registry image an index-only archive reads its layers
+// from. Its methods have value receivers: both OCIStorageInfo and *OCIStorageInfo
+// satisfy ClipStorageInfo.
+type OCIStorageInfo struct {
+	RegistryURL string   // host[:port], no scheme
+	Repository  string   // repository path within the registry
+	Reference   string   // the manifest digest the archive was indexed from
+	Layers      []string // compressed layer digests, bottom to top
+	// DecompressedHashByLayer maps a layer digest to the sha256 hex (no "sha256:")
+	// of the layer's whole decompressed tar stream, that is, its diff_id.
+	DecompressedHashByLayer map[string]string
+	ImageMetadata           *ImageMetadata `json:"ImageMetadata,omitempty"`
+}
+
+// Type returns "oci".
+func (o OCIStorageInfo) Type() string { return string(StorageModeOCI) }
+
+// Encode returns the JSON encoding of o.
+func (o OCIStorageInfo) Encode() ([]byte, error) { return json.Marshal(o) }
+
+// LayerMetadata describes one layer of an image.
+type LayerMetadata struct {
+	MIMEType    string            `json:"MIMEType"`
+	Digest      string            `json:"Digest"`
+	Size        int64             `json:"Size"`
+	Annotations map[string]string `json:"Annotations,omitempty"`
+}
+
+// ImageMetadata is the image's identity and runtime configuration, recorded in the
+// archive at indexing time so that nothing is fetched to start a container.
+type ImageMetadata struct {
+	Name          string              `json:"Name"`
+	Digest        string              `json:"Digest"`
+	RepoTags      []string            `json:"RepoTags,omitempty"`
+	Created       time.Time           `json:"Created"`
+	DockerVersion string              `json:"DockerVersion,omitempty"`
+	Labels        map[string]string   `json:"Labels,omitempty"`
+	Architecture  string              `json:"Architecture"`
+	Os            string              `json:"Os"`
+	Variant       string              `json:"Variant,omitempty"`
+	Author        string              `json:"Author,omitempty"`
+	Env           []string            `json:"Env,omitempty"`
+	Cmd           []string            `json:"Cmd,omitempty"`
+	Entrypoint    []string            `json:"Entrypoint,omitempty"`
+	User          string              `json:"User,omitempty"`
+	WorkingDir    string              `json:"WorkingDir,omitempty"`
+	ExposedPorts  map[string]struct{} `json:"ExposedPorts,omitempty"`
+	Volumes       map[string]struct{} `json:"Volumes,omitempty"`
+	StopSignal    string              `json:"StopSignal,omitempty"`
+	Layers        []string            `json:"Layers"`
+	LayersData    []LayerMetadata     `json:"LayersData"`
+}
