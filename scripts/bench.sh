@@ -88,3 +88,7 @@ RUNS=$RUNS "$root/scripts/bench-mount.sh"
 # Registry benchmarks (issue 5): the same image served by a local registry;
 # (re)writes the section "## Registry (issue 5)".
 RUNS=$RUNS "$root/scripts/bench-registry.sh"
+
+# C ABI and Go (issue 6): per-call overhead and the Go path beside clipctl;
+# (re)writes the section "## C ABI and Go (issue 6)".
+RUNS=$RUNS "$root/scripts/bench-abi.sh"
