@@ -70,7 +70,7 @@ pub enum Error {
         actual: String,
     },
     /// An archive of an unsupported format version.
-    #[error("unsupported archive format version {found} (this build reads version {supported})")]
+    #[error("unsupported archive format version {found} (this build reads version {supported}){}", version_hint(*.found))]
     Version {
         /// The version found in the file.
         found: u32,
@@ -105,6 +105,16 @@ pub enum Error {
         /// What went wrong.
         inner: Box<Error>,
     },
+}
+
+/// Archives of the Go clip share our magic bytes; their header reads as a large
+/// version number here.
+fn version_hint(found: u32) -> &'static str {
+    if found > 0xff {
+        "; this looks like an archive of the Go clip, whose format is not read: index the image again"
+    } else {
+        ""
+    }
 }
 
 impl Error {
