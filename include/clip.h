@@ -330,8 +330,7 @@ typedef struct clip_progress {
  * parallel, so events of different layers interleave.
  *
  * Return 0 to go on; any other value stops the call, which returns `CLIP_EUSER`
- * (and trips the call's cancel token, if it has one, as that is how it is
- * stopped).
+ * (the call's cancel token, if any, is left alone).
  *
  * Thread-safety: called from indexing threads, never concurrently for one call.
  * `progress` and its strings are valid only during the callback.

@@ -51,8 +51,9 @@ pub struct Progress {
     pub source: &'static str,
 }
 
-/// A progress callback; called from indexing threads.
-pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+/// A progress callback, called from indexing threads; returning `false` stops the
+/// call, which then fails with [`Error::Canceled`].
+pub type ProgressFn = Arc<dyn Fn(&Progress) -> bool + Send + Sync>;
 
 /// Options for creating an archive.
 #[derive(Clone)]
@@ -191,13 +192,23 @@ fn index_layers(
     let completed = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<LayerIndex>>>> =
         Mutex::new((0..n).map(|_| None).collect());
-    let cancel = &opts.cancel;
+    // Set when a layer fails or the progress callback says stop: the other layers
+    // stop too. Kept apart from the caller's cancel token, which only the caller sets.
+    let stop = AtomicBool::new(false);
+    let stopped = || stop.load(Ordering::Relaxed) || opts.cancel.load(Ordering::Relaxed);
+    let tell = |p: &Progress| {
+        if let Some(f) = &opts.progress
+            && !f(p)
+        {
+            stop.store(true, Ordering::Relaxed);
+        }
+    };
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= n || cancel.load(Ordering::Relaxed) {
+                    if i >= n || stopped() {
                         break;
                     }
                     let layer = &image.layers[i];
@@ -216,9 +227,7 @@ fn index_layers(
                         files,
                         source,
                     };
-                    if let Some(p) = &opts.progress {
-                        p(&event(Stage::Starting, Default::default(), 0, 0));
-                    }
+                    tell(&event(Stage::Starting, Default::default(), 0, 0));
                     let r = open(i)
                         .map_err(|e| e.with_layer(layer.desc.digest))
                         .and_then(|mut rd| {
@@ -227,13 +236,13 @@ fn index_layers(
                                 &mut *rd,
                                 layer,
                                 opts.span_size,
-                                cancel,
+                                &stopped,
                                 &mut |done| {
-                                    if let Some(p) = &opts.progress
+                                    if opts.progress.is_some()
                                         && last.elapsed() >= std::time::Duration::from_millis(500)
                                     {
                                         last = std::time::Instant::now();
-                                        p(&event(Stage::Progress, done, 0, 0));
+                                        tell(&event(Stage::Progress, done, 0, 0));
                                     }
                                 },
                             )
@@ -241,15 +250,13 @@ fn index_layers(
                     match &r {
                         Ok(li) => {
                             let c = completed.fetch_add(1, Ordering::SeqCst) + 1;
-                            if let Some(p) = &opts.progress {
-                                let done = index::layer::LayerProgress {
-                                    compressed_done: li.record.compressed_size,
-                                    uncompressed_done: li.record.codec.uncompressed_size,
-                                };
-                                p(&event(Stage::Completed, done, c, li.entries.len()));
-                            }
+                            let done = index::layer::LayerProgress {
+                                compressed_done: li.record.compressed_size,
+                                uncompressed_done: li.record.codec.uncompressed_size,
+                            };
+                            tell(&event(Stage::Completed, done, c, li.entries.len()));
                         }
-                        Err(_) => cancel.store(true, Ordering::Relaxed),
+                        Err(_) => stop.store(true, Ordering::Relaxed),
                     }
                     results.lock().expect("results lock")[i] = Some(r);
                 }

@@ -824,8 +824,7 @@ pub struct clip_progress {
 /// parallel, so events of different layers interleave.
 ///
 /// Return 0 to go on; any other value stops the call, which returns `CLIP_EUSER`
-/// (and trips the call's cancel token, if it has one, as that is how it is
-/// stopped).
+/// (the call's cancel token, if any, is left alone).
 ///
 /// Thread-safety: called from indexing threads, never concurrently for one call.
 /// `progress` and its strings are valid only during the callback.
@@ -896,11 +895,11 @@ struct ProgressCallback {
     payload: Payload,
     lock: Mutex<()>,
     stopped: Arc<AtomicBool>,
-    cancel: Arc<AtomicBool>,
 }
 
 impl ProgressCallback {
-    fn tell(&self, p: &Progress) {
+    /// Tells the callback; false once it asked to stop.
+    fn tell(&self, p: &Progress) -> bool {
         let digest = callback_string(p.layer_digest.as_bytes());
         let source = callback_string(p.source.as_bytes());
         let event = clip_progress {
@@ -921,15 +920,15 @@ impl ProgressCallback {
         };
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         if self.stopped.load(Ordering::SeqCst) {
-            return;
+            return false;
         }
         // SAFETY: the header documents the callback's contract; `event` and its
         // strings live until the callback returns.
         let rc = unsafe { (self.cb)(&event, self.payload.get()) };
         if rc != 0 {
             self.stopped.store(true, Ordering::SeqCst);
-            self.cancel.store(true, Ordering::SeqCst);
         }
+        rc == 0
     }
 }
 
@@ -964,7 +963,6 @@ fn create_options(p: *const clip_create_options) -> FfiResult<(CreateOptions, Ar
             payload: Payload(c.progress_payload),
             lock: Mutex::new(()),
             stopped: stopped.clone(),
-            cancel: o.cancel.clone(),
         };
         o.progress = Some(Arc::new(move |p: &Progress| pc.tell(p)));
     }

@@ -262,7 +262,7 @@ impl IndexArgs {
             o.progress = Some(progress_bar());
         }
         if self.progress {
-            o.progress = Some(Arc::new(|p: &Progress| {
+            o.progress = Some(Arc::new(|p: &Progress| -> bool {
                 let stage = match p.stage {
                     Stage::Starting => "starting",
                     Stage::Progress => "progress",
@@ -277,6 +277,7 @@ impl IndexArgs {
                     p.compressed_total,
                     p.uncompressed_done
                 );
+                true
             }));
         }
         Ok(o)
@@ -524,7 +525,7 @@ fn progress_bar() -> clip::create::ProgressFn {
         total_layers: usize,
     }
     let bar = std::sync::Mutex::new(Bar::default());
-    Arc::new(move |p: &Progress| {
+    Arc::new(move |p: &Progress| -> bool {
         let mut b = bar.lock().expect("progress lock");
         b.total_layers = p.total_layers;
         b.done
@@ -555,6 +556,7 @@ fn progress_bar() -> clip::create::ProgressFn {
         if b.completed == b.total_layers {
             eprintln!();
         }
+        true
     })
 }
 

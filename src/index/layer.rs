@@ -5,7 +5,6 @@
 //! Memory stays bounded by the span size, whatever the layer size.
 
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
 
 use crate::archive::LayerRecord;
@@ -40,13 +39,13 @@ pub struct LayerProgress {
 }
 
 /// Indexes one layer read from `reader`, cutting spans of `span_size` bytes.
-/// `cancel` is polled between reads and between decompressed chunks; `progress`
-/// is called after each read.
+/// `cancel` is polled between reads and between decompressed chunks (true stops
+/// the indexing with [`Error::Canceled`]); `progress` is called after each read.
 pub fn index_layer(
     reader: &mut dyn Read,
     layer: &Layer,
     span_size: u64,
-    cancel: &AtomicBool,
+    cancel: &(dyn Fn() -> bool + Sync),
     progress: &mut dyn FnMut(LayerProgress),
 ) -> Result<LayerIndex> {
     index_layer_inner(reader, layer, span_size, cancel, progress)
@@ -57,7 +56,7 @@ fn index_layer_inner(
     reader: &mut dyn Read,
     layer: &Layer,
     span_size: u64,
-    cancel: &AtomicBool,
+    cancel: &(dyn Fn() -> bool + Sync),
     progress: &mut dyn FnMut(LayerProgress),
 ) -> Result<LayerIndex> {
     // Two stages on two threads: this one reads, hashes the blob and decompresses
@@ -118,7 +117,7 @@ fn produce(
     reader: &mut dyn Read,
     layer: &Layer,
     span_size: u64,
-    cancel: &AtomicBool,
+    cancel: &(dyn Fn() -> bool + Sync),
     progress: &mut dyn FnMut(LayerProgress),
     tx: SyncSender<Vec<u8>>,
     free_rx: Receiver<Vec<u8>>,
@@ -133,7 +132,7 @@ fn produce(
     let mut sink = |data: &[u8]| -> Result<()> {
         // Polled per output chunk too: one read of a highly compressed blob can
         // inflate to hundreds of MiB, and a cancel must not wait for that.
-        if cancel.load(Ordering::Relaxed) {
+        if cancel() {
             return Err(Error::Canceled);
         }
         uncompressed.set(uncompressed.get() + data.len() as u64);
@@ -146,7 +145,7 @@ fn produce(
         tx.send(b).map_err(|_| Error::format("tar parser stopped"))
     };
     loop {
-        if cancel.load(Ordering::Relaxed) {
+        if cancel() {
             return Err(Error::Canceled);
         }
         let n = match reader.read(&mut buf) {

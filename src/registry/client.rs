@@ -151,6 +151,12 @@ impl Client {
         })
     }
 
+    /// The auth state; a panic elsewhere while it was held (a caller's credential
+    /// callback, say) does not make it unusable.
+    fn auth_state(&self) -> std::sync::MutexGuard<'_, AuthState> {
+        self.auth.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// `registry/repository`, for messages.
     pub fn name(&self) -> String {
         format!("{}/{}", self.registry, self.repository)
@@ -167,7 +173,7 @@ impl Client {
     /// The `Authorization` header to send now, if any (fetching or refreshing a
     /// bearer token when needed).
     fn authorization(&self, refresh: bool) -> Result<Option<HeaderValue>> {
-        let mut st = self.auth.lock().expect("auth lock");
+        let mut st = self.auth_state();
         let Some(challenge) = st.challenge.clone() else {
             return Ok(None);
         };
@@ -355,7 +361,7 @@ impl Client {
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .find_map(auth::parse_challenge);
-            let mut st = self.auth.lock().expect("auth lock");
+            let mut st = self.auth_state();
             match challenge {
                 Some(c) if st.challenge.as_ref() != Some(&c) || auth.is_none() => {
                     st.challenge = Some(c);
@@ -389,7 +395,7 @@ impl Client {
         Err(match status {
             StatusCode::NOT_FOUND => Error::NotFound(msg),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                let st = self.auth.lock().expect("auth lock");
+                let st = self.auth_state();
                 let origin = st
                     .resolved
                     .as_ref()

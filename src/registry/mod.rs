@@ -12,7 +12,6 @@ pub mod client;
 pub mod source;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub use auth::{Credential, CredentialFn};
@@ -65,6 +64,3 @@ impl std::fmt::Debug for RegistryOptions {
             .finish()
     }
 }
-
-/// Shared handle type for callbacks.
-pub type Shared<T> = Arc<T>;
