@@ -388,7 +388,14 @@ impl Image {
             end - start,
             &mut verify,
         )
-        .map_err(|e| e.with_layer(l.digest))?;
+        .map_err(|e| match e {
+            Error::DigestMismatch { .. } => e.with_layer(l.digest),
+            e => Error::format(format!(
+                "span {first} (data fetched from {}): {e}",
+                source.describe()
+            ))
+            .with_layer(l.digest),
+        })?;
         self.stats
             .spans_decoded
             .fetch_add((last - first + 1) as u64, Ordering::Relaxed);

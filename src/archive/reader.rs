@@ -93,6 +93,9 @@ fn parse_from(src: &(impl Bytes + ?Sized)) -> Result<Archive> {
     if flags != 0 {
         return Err(bad(format!("unknown header flags {flags:#x}")));
     }
+    if le_u32(bytes, 20) != 0 || le_u64(bytes, 56) != 0 {
+        return Err(bad("reserved header fields are not zero".into()));
+    }
     let count = le_u32(bytes, 16);
     let table_offset = le_u64(bytes, 24);
     let table_sum: [u8; 16] = bytes[32..48].try_into().expect("16 bytes");

@@ -188,8 +188,8 @@ impl ArchiveWriter {
             table.extend_from_slice(&raw.to_le_bytes());
             table.extend_from_slice(&sum);
         };
-        let count = sections.len() + usize::from(self.data_len > 0);
-        if self.data_len > 0 {
+        let count = sections.len() + usize::from(archive.data.is_some());
+        if archive.data.is_some() {
             let d = self.data_len;
             entry(SectionId::Data as u32, FLAG_REQUIRED, offset, d, d, [0; 16]);
             offset += d;
