@@ -128,7 +128,6 @@ pub fn pack_dir(dir: &Path, out: &Path, opts: &PackOptions) -> Result<PackSummar
     let (tree, data, skipped) = with_data_writer(out, opts, |w| {
         let mut walker = Walker {
             root: dir,
-            root_dev: top.dev(),
             builder: TreeBuilder::default(),
             links: HashMap::new(),
             skipped: 0,
@@ -319,7 +318,6 @@ impl FileSink {
 /// and file contents to the data stream.
 struct Walker<'a> {
     root: &'a Path,
-    root_dev: u64,
     builder: TreeBuilder,
     /// (dev, ino) of files with several links → the first path seen.
     links: HashMap<(u64, u64), Vec<u8>>,
@@ -405,15 +403,13 @@ impl Walker<'_> {
         }
         if ft.is_dir() {
             e.kind = EntryKind::Directory;
-            if m.dev() != self.root_dev {
-                tracing::debug!("{} is another file system; archived too", abs.display());
-            }
         } else if ft.is_symlink() {
             e.kind = EntryKind::Symlink;
-            e.link_target = std::fs::read_link(&abs)
-                .ctx("reading symlink", &abs)?
-                .into_os_string()
-                .into_vec();
+            e.link_target = std::os::unix::ffi::OsStringExt::into_vec(
+                std::fs::read_link(&abs)
+                    .ctx("reading symlink", &abs)?
+                    .into_os_string(),
+            );
         } else if ft.is_char_device() || ft.is_block_device() {
             e.kind = if ft.is_char_device() {
                 EntryKind::CharDevice
@@ -435,16 +431,6 @@ impl Walker<'_> {
         }
         self.builder.add(&e, 0).map_err(|err| err.with_path(&abs))?;
         Ok(true)
-    }
-}
-
-trait IntoVec {
-    fn into_vec(self) -> Vec<u8>;
-}
-
-impl IntoVec for std::ffi::OsString {
-    fn into_vec(self) -> Vec<u8> {
-        std::os::unix::ffi::OsStringExt::into_vec(self)
     }
 }
 
