@@ -248,11 +248,7 @@ fn unreadable_and_changing_files_fail_naming_them_and_leave_nothing() {
         err.contains("secret") && err.contains("ermission denied"),
         "{err}"
     );
-    assert_eq!(
-        std::fs::read_dir(&out_dir).unwrap().count(),
-        0,
-        "left files behind"
-    );
+    assert_empty(&out_dir);
 
     // Changing: a file that grows while it is read.
     let src2 = d.path().join("src2");
@@ -288,11 +284,7 @@ fn unreadable_and_changing_files_fail_naming_them_and_leave_nothing() {
         err.contains("growing.log") && err.contains("changed while it was being archived"),
         "{err}"
     );
-    assert_eq!(
-        std::fs::read_dir(&out_dir).unwrap().count(),
-        0,
-        "left files behind"
-    );
+    assert_empty(&out_dir);
     // Not a directory.
     let err = fails(
         clipctl()
@@ -302,6 +294,15 @@ fn unreadable_and_changing_files_fail_naming_them_and_leave_nothing() {
             .arg(&archive),
     );
     assert!(err.contains("is not a directory"), "{err}");
+}
+
+/// Fails unless `dir` is empty: a failed command leaves nothing behind.
+fn assert_empty(dir: &Path) {
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left files behind in {}: {left:?}", dir.display());
 }
 
 /// The file offset of chunk `k`'s frame in the archive.
@@ -576,11 +577,7 @@ fn s3_errors_are_clear_and_leave_nothing() {
             .args(s3_args(&s3, "s3://no-such-bucket/x.clip")),
     );
     assert!(err.contains("no-such-bucket"), "{err}");
-    assert_eq!(
-        std::fs::read_dir(&work).unwrap().count(),
-        0,
-        "left files behind"
-    );
+    assert_empty(&work);
     // Wrong credentials: refused, named, and the secret never shown.
     let wrong = "wrong-secret-1234567890";
     let err = fails(
@@ -592,11 +589,7 @@ fn s3_errors_are_clear_and_leave_nothing() {
             .args(s3_args(&s3, "s3://images/x.clip")),
     );
     assert!(err.contains("images") && !err.contains(wrong), "{err}");
-    assert_eq!(
-        std::fs::read_dir(&work).unwrap().count(),
-        0,
-        "left files behind"
-    );
+    assert_empty(&work);
     // Right credentials, then a read with wrong ones.
     ok(clipctl_s3(&s3, S3_SECRET_KEY)
         .arg("archive")
