@@ -304,6 +304,7 @@ fn storage_ref(opts: &CreateOptions, image: &ResolvedImage) -> Result<Option<Sto
         registry: r.registry,
         repository: r.repository,
         reference: image.manifest_digest.to_string(),
+        ..Default::default()
     }))
 }
 
@@ -327,13 +328,14 @@ fn finish(
             created_by: format!("clip {}", crate::VERSION),
             source,
             storage,
-            manifest_digest: image.manifest_digest,
+            manifest_digest: Some(image.manifest_digest),
             platform: image.platform.clone(),
             config: image.config.clone(),
             span_size: opts.span_size,
         },
         layers: layers.into_iter().map(|l| l.record).collect(),
         tree,
+        data: None,
     };
     if opts.cancel.load(Ordering::Relaxed) {
         return Err(Error::Canceled);

@@ -132,15 +132,38 @@ pub fn extract(image: &Image, dest: &Path, opts: ExtractOptions) -> Result<Extra
         }
     }
     // Pass 2: contents, one streaming pass per layer over the files it holds.
+    // Files with the same bytes (a v1 archive stores identical contents once) are
+    // written once and copied.
     files.sort();
     let mut by_layer: HashMap<usize, Vec<(u64, u64, PathBuf)>> = HashMap::new();
+    let mut copies: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut prev: Option<(usize, u64, u64, PathBuf)> = None;
     for (layer, off, size, path) in files {
-        by_layer.entry(layer).or_default().push((off, size, path));
+        if let Some((l, o, s, first)) = &prev
+            && (*l, *o, *s) == (layer, off, size)
+        {
+            copies.push((first.clone(), path));
+            continue;
+        }
+        by_layer
+            .entry(layer)
+            .or_default()
+            .push((off, size, path.clone()));
+        prev = Some((layer, off, size, path));
     }
     let mut layers: Vec<_> = by_layer.into_iter().collect();
     layers.sort_by_key(|(l, _)| *l);
     for (layer, list) in layers {
         stats.bytes += write_layer_files(image, layer, &list)?;
+    }
+    for (from, to) in copies {
+        let mut src = File::open(&from).ctx("opening", &from)?;
+        let mut dst = OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&to)
+            .ctx("opening", &to)?;
+        stats.bytes += std::io::copy(&mut src, &mut dst).ctx("writing", &to)?;
     }
     // Pass 3: attributes, children before parents so directory mtimes stick.
     for (ino, path) in order.iter().rev() {

@@ -308,7 +308,15 @@ impl Filesystem for ClipFs {
             match &result {
                 Ok(()) => reply.data(&buf),
                 Err(e) => {
-                    tracing::error!("read of inode {} at {offset}: {e}", ino.0);
+                    // Errors are rare: finding the path by a walk costs nothing
+                    // on the path of good reads.
+                    let path = store.image().tree().file_paths().remove(&ino.0);
+                    let path = path.as_deref().map(String::from_utf8_lossy);
+                    tracing::error!(
+                        "read of {} (inode {}) at {offset}: {e}",
+                        path.as_deref().unwrap_or("?"),
+                        ino.0
+                    );
                     reply.error(Errno::EIO);
                 }
             }

@@ -52,6 +52,14 @@ pub struct SourceOptions {
     pub layout: Option<std::path::PathBuf>,
     /// How to reach the registry of the archive's storage reference.
     pub registry: crate::registry::RegistryOptions,
+    /// For a `.rclip`: read the data from this object instead of the one the
+    /// archive names (the worker's `StorageInfo` override).
+    pub s3: Option<crate::s3::S3Location>,
+    /// How to reach S3 (credentials, retries).
+    pub s3_options: crate::s3::S3Options,
+    /// For a `.rclip`: read the data from this local full archive instead of S3
+    /// (the worker's `StorageModeOverride == local`).
+    pub data_archive: Option<std::path::PathBuf>,
 }
 
 /// An archive with a source for each layer.
@@ -94,14 +102,39 @@ impl Image {
     /// Opens the archive at `archive_path` with its layers read from where `opts`
     /// says: the layout given, else the registry the archive's storage reference
     /// names, else the layout it was indexed from if that is still there.
+    ///
+    /// A v1 archive reads its data from its own DATA section; a `.rclip` from the
+    /// full archive in S3 it names (or `opts.s3`), or from `opts.data_archive`.
     pub fn open(archive_path: &Path, opts: &SourceOptions) -> Result<Image> {
         let archive = archive::read(archive_path)?;
-        Image::bind(archive, opts)
+        Image::bind(archive, archive_path, opts)
     }
 
-    /// Binds an archive already read to the layer sources `opts` selects (see
-    /// [`Image::open`]).
-    pub fn bind(archive: Archive, opts: &SourceOptions) -> Result<Image> {
+    /// Binds an archive already read from `archive_path` to the sources `opts`
+    /// selects (see [`Image::open`]).
+    pub fn bind(archive: Archive, archive_path: &Path, opts: &SourceOptions) -> Result<Image> {
+        match archive.storage_kind() {
+            archive::STORAGE_LOCAL => {
+                let d = archive.data.expect("a local archive has a DATA section");
+                return Image::with_data_file(archive, archive_path, d.offset);
+            }
+            archive::STORAGE_S3 => {
+                let storage = archive.meta.storage.as_ref().expect("s3 storage");
+                let offset = storage.data_offset.expect("checked by the reader");
+                if let Some(full) = &opts.data_archive {
+                    return Image::with_data_file(archive, full, offset);
+                }
+                let loc = opts
+                    .s3
+                    .clone()
+                    .or_else(|| storage.s3.clone())
+                    .expect("checked by the reader");
+                let len = archive.layers[0].compressed_size;
+                let src = crate::s3::S3Source::open(&loc, &opts.s3_options, offset, Some(len))?;
+                return Image::new(archive, vec![Arc::new(src)]);
+            }
+            _ => {}
+        }
         if let Some(layout) = &opts.layout {
             return Image::with_layout(archive, layout);
         }
@@ -133,6 +166,25 @@ impl Image {
     /// at `layout` (blobs are looked up by digest).
     pub fn open_with_layout(archive_path: &Path, layout: &Path) -> Result<Image> {
         Image::with_layout(archive::read(archive_path)?, layout)
+    }
+
+    /// A v1 data layer read from `path` (this archive, or the full archive a
+    /// `.rclip` was made from) at `offset`.
+    fn with_data_file(archive: Archive, path: &Path, offset: u64) -> Result<Image> {
+        let len = archive.layers[0].compressed_size;
+        let file = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io("reading metadata of", path, e))?
+            .len();
+        if offset.checked_add(len).is_none_or(|e| e > size) {
+            return Err(Error::format(format!(
+                "{} is {size} bytes: too short to hold this archive's data ({len} bytes at {offset})",
+                path.display()
+            )));
+        }
+        let src = FileSource::window(file, path, offset, len);
+        Image::new(archive, vec![Arc::new(src)])
     }
 
     fn with_layout(archive: Archive, layout: &Path) -> Result<Image> {
@@ -336,7 +388,14 @@ impl Image {
             end - start,
             &mut verify,
         )
-        .map_err(|e| e.with_layer(l.digest))?;
+        .map_err(|e| match e {
+            Error::DigestMismatch { .. } => e.with_layer(l.digest),
+            e => Error::format(format!(
+                "span {first} (data fetched from {}): {e}",
+                source.describe()
+            ))
+            .with_layer(l.digest),
+        })?;
         self.stats
             .spans_decoded
             .fetch_add((last - first + 1) as u64, Ordering::Relaxed);

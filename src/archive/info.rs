@@ -12,22 +12,29 @@ use crate::oci::{Compression, ImageConfig, Platform};
 pub struct Info {
     /// Format version of the archive (the header's).
     pub format_version: u32,
-    /// Whether file data lives in the layers rather than in the archive (always
-    /// true for this format version).
+    /// Whether file data lives in OCI layers (an index-only archive) rather than
+    /// in the archive's own data layer (v1: `local` or `s3` storage).
     pub index_only: bool,
     /// The tool that wrote the archive.
     pub created_by: String,
     /// Where the image was read from when indexing.
     pub source: String,
-    /// Storage type the layers are fetched from: `"oci"` (a registry or a layout).
+    /// Storage type file bytes are fetched from: `"oci"` (a registry or a layout),
+    /// `"local"` (this file's DATA section) or `"s3"` (a full archive in a bucket).
     pub storage_type: String,
+    /// For `"s3"`: where the full archive is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<crate::s3::S3Location>,
+    /// For v1 archives: offset of the DATA section in the full archive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_offset: Option<u64>,
     /// Registry host\[:port\] a mount fetches layers from (empty if none recorded).
     pub registry: String,
     /// Repository in that registry (empty if none recorded).
     pub repository: String,
     /// Tag or digest in that repository (empty if none recorded).
     pub reference: String,
-    /// Digest of the image manifest.
+    /// Digest of the image manifest (empty for an archive of a directory).
     pub manifest_digest: String,
     /// Platform of the image.
     pub platform: Platform,
@@ -67,14 +74,16 @@ impl Archive {
         let field = |f: fn(&super::StorageRef) -> &String| s.map(f).cloned().unwrap_or_default();
         Info {
             format_version: FORMAT_VERSION,
-            index_only: true,
+            index_only: self.is_index_only(),
             created_by: m.created_by.clone(),
             source: m.source.clone(),
-            storage_type: s.map_or_else(|| "oci".to_string(), |s| s.kind.clone()),
+            storage_type: self.storage_kind().to_string(),
+            s3: s.and_then(|s| s.s3.clone()),
+            data_offset: s.and_then(|s| s.data_offset),
             registry: field(|s| &s.registry),
             repository: field(|s| &s.repository),
             reference: field(|s| &s.reference),
-            manifest_digest: m.manifest_digest.to_string(),
+            manifest_digest: m.manifest_digest.map(|d| d.to_string()).unwrap_or_default(),
             platform: m.platform.clone(),
             span_size: m.span_size,
             layers: self

@@ -21,7 +21,7 @@ use crate::tree::Tree;
 
 pub use info::{Info, LayerInfo};
 pub use reader::{parse, read};
-pub use writer::write;
+pub use writer::{ArchiveWriter, write};
 
 /// The 8 magic bytes every archive starts with.
 pub const MAGIC: [u8; 8] = *b"\x89CLIP\r\n\x1a";
@@ -63,11 +63,13 @@ pub enum SectionId {
     Xattrs = 8,
     /// The string table.
     Strings = 9,
+    /// File data of a v1 archive: the data layer's zstd frames (never loaded whole).
+    Data = 10,
 }
 
 impl SectionId {
-    /// All sections this version knows, in the order written.
-    pub const ALL: [SectionId; 9] = [
+    /// All sections this version knows (DATA, when present, is written first).
+    pub const ALL: [SectionId; 10] = [
         SectionId::Meta,
         SectionId::Layers,
         SectionId::Checkpoints,
@@ -77,6 +79,7 @@ impl SectionId {
         SectionId::Dirents,
         SectionId::Xattrs,
         SectionId::Strings,
+        SectionId::Data,
     ];
 
     /// The id for a number, if this version knows it.
@@ -85,10 +88,18 @@ impl SectionId {
     }
 }
 
-/// Where a mount fetches layers from at run time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Storage type of an index-only archive: layers in a registry or a layout.
+pub const STORAGE_OCI: &str = "oci";
+/// Storage type of a v1 archive whose data is its own DATA section.
+pub const STORAGE_LOCAL: &str = "local";
+/// Storage type of a metadata-only v1 archive (`.rclip`) whose data is a full
+/// archive in an S3 bucket.
+pub const STORAGE_S3: &str = "s3";
+
+/// Where a mount fetches file bytes from at run time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StorageRef {
-    /// Storage type: `"oci"` (a registry or a layout).
+    /// Storage type: [`STORAGE_OCI`], [`STORAGE_LOCAL`] or [`STORAGE_S3`].
     #[serde(rename = "type")]
     pub kind: String,
     /// Registry host\[:port\] (empty for a local layout).
@@ -98,8 +109,26 @@ pub struct StorageRef {
     #[serde(default)]
     pub repository: String,
     /// Tag or digest; after indexing, the manifest digest.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reference: String,
+    /// `s3`: where the full archive holding the data lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<crate::s3::S3Location>,
+    /// `local` and `s3`: offset of the DATA section in the full archive; the data
+    /// layer's compressed offsets count from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_offset: Option<u64>,
+}
+
+impl StorageRef {
+    /// Storage of a v1 archive whose DATA section starts at `data_offset`.
+    pub fn local(data_offset: u64) -> StorageRef {
+        StorageRef {
+            kind: STORAGE_LOCAL.into(),
+            data_offset: Some(data_offset),
+            ..Default::default()
+        }
+    }
 }
 
 /// Archive-wide metadata (the META section).
@@ -112,11 +141,13 @@ pub struct Meta {
     /// Where a mount fetches layer bytes from, if recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageRef>,
-    /// Digest of the image manifest.
-    pub manifest_digest: Digest,
-    /// Platform of the image.
+    /// Digest of the image manifest (none for an archive of a directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<Digest>,
+    /// Platform of the image (for a directory: the host's).
     pub platform: Platform,
-    /// The image config's runtime fields.
+    /// The image config's runtime fields (empty for a directory).
+    #[serde(default)]
     pub config: ImageConfig,
     /// Span size used when indexing.
     pub span_size: u64,
@@ -160,15 +191,46 @@ pub struct LayerRecord {
     pub codec: CodecIndex,
 }
 
-/// A whole archive in memory.
+/// A whole archive in memory (for a v1 archive: everything but its file data).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Archive {
     /// Archive-wide metadata.
     pub meta: Meta,
-    /// Layers, bottom first.
+    /// Layers, bottom first; a v1 archive has one, its data layer.
     pub layers: Vec<LayerRecord>,
     /// The merged tree.
     pub tree: Tree,
+    /// Where the DATA section lies in the file this was read from (`None` for an
+    /// index-only archive or a `.rclip`).
+    pub data: Option<DataSection>,
+}
+
+/// The position of a DATA section in an archive file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataSection {
+    /// Offset from the start of the file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// Media type of the data layer of a v1 archive.
+pub const DATA_MEDIA_TYPE: &str = "application/vnd.clip.data.v1.zstd-chunks";
+
+impl Archive {
+    /// The storage type file bytes come from: [`STORAGE_OCI`] for an index-only
+    /// archive (also when none is recorded), else the v1 kind.
+    pub fn storage_kind(&self) -> &str {
+        self.meta
+            .storage
+            .as_ref()
+            .map_or(STORAGE_OCI, |s| s.kind.as_str())
+    }
+
+    /// Whether file data lives in OCI layers rather than in a v1 data layer.
+    pub fn is_index_only(&self) -> bool {
+        self.storage_kind() == STORAGE_OCI
+    }
 }
 
 /// 128-bit BLAKE3 checksum used for sections and the section table.

@@ -6,6 +6,7 @@ use std::path::Path;
 use super::*;
 use crate::codec::{Checkpoint, CheckpointKind, Span};
 use crate::error::{Error, IoContext, Result};
+use crate::oci::Compression;
 
 /// Largest metadata section (uncompressed) a reader accepts.
 const MAX_SECTION: u64 = 4 << 30;
@@ -19,21 +20,65 @@ fn le_u64(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"))
 }
 
-/// Reads and fully validates the archive at `path`.
+/// Random access to the bytes of an archive: a file (only the header, the table
+/// and the metadata sections are read; a DATA section never is) or a slice.
+trait Bytes {
+    fn len(&self) -> u64;
+    fn at(&self, off: u64, len: u64) -> Result<std::borrow::Cow<'_, [u8]>>;
+}
+
+impl Bytes for [u8] {
+    fn len(&self) -> u64 {
+        <[u8]>::len(self) as u64
+    }
+    fn at(&self, off: u64, len: u64) -> Result<std::borrow::Cow<'_, [u8]>> {
+        Ok(std::borrow::Cow::Borrowed(
+            &self[off as usize..(off + len) as usize],
+        ))
+    }
+}
+
+struct FileBytes<'a> {
+    file: std::fs::File,
+    len: u64,
+    path: &'a Path,
+}
+
+impl Bytes for FileBytes<'_> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn at(&self, off: u64, len: u64) -> Result<std::borrow::Cow<'_, [u8]>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len as usize];
+        self.file
+            .read_exact_at(&mut buf, off)
+            .ctx("reading archive", self.path)?;
+        Ok(std::borrow::Cow::Owned(buf))
+    }
+}
+
+/// Reads and fully validates the archive at `path`. Of a v1 archive only the
+/// metadata is read; its file data stays on disk (see [`Archive::data`]).
 pub fn read(path: &Path) -> Result<Archive> {
-    let bytes = std::fs::read(path).ctx("reading archive", path)?;
-    parse(&bytes).map_err(|e| e.with_path(path))
+    let file = std::fs::File::open(path).ctx("opening archive", path)?;
+    let len = file.metadata().ctx("reading archive", path)?.len();
+    parse_from(&FileBytes { file, len, path }).map_err(|e| e.with_path(path))
 }
 
 /// Parses an archive from its bytes.
 pub fn parse(bytes: &[u8]) -> Result<Archive> {
+    parse_from(bytes)
+}
+
+fn parse_from(src: &(impl Bytes + ?Sized)) -> Result<Archive> {
     let bad = |m: String| Error::format(format!("not a valid clip archive: {m}"));
-    if bytes.len() < HEADER_SIZE {
-        return Err(bad(format!(
-            "{} bytes is shorter than the header",
-            bytes.len()
-        )));
+    let file_len = src.len();
+    if file_len < HEADER_SIZE as u64 {
+        return Err(bad(format!("{file_len} bytes is shorter than the header")));
     }
+    let header = src.at(0, HEADER_SIZE as u64)?;
+    let bytes = &header[..];
     if bytes[..8] != MAGIC {
         return Err(bad("wrong magic bytes".into()));
     }
@@ -48,29 +93,34 @@ pub fn parse(bytes: &[u8]) -> Result<Archive> {
     if flags != 0 {
         return Err(bad(format!("unknown header flags {flags:#x}")));
     }
+    if le_u32(bytes, 20) != 0 || le_u64(bytes, 56) != 0 {
+        return Err(bad("reserved header fields are not zero".into()));
+    }
     let count = le_u32(bytes, 16);
     let table_offset = le_u64(bytes, 24);
     let table_sum: [u8; 16] = bytes[32..48].try_into().expect("16 bytes");
     let total = le_u64(bytes, 48);
-    if total != bytes.len() as u64 {
+    if total != file_len {
         return Err(bad(format!(
-            "file is {} bytes but its header says {total} (truncated or extended)",
-            bytes.len()
+            "file is {file_len} bytes but its header says {total} (truncated or extended)"
         )));
     }
     if count > MAX_SECTIONS {
         return Err(bad(format!("{count} sections")));
     }
     let table_len = count as u64 * SECTION_ENTRY_SIZE as u64;
-    let table = table_offset
+    if table_offset
         .checked_add(table_len)
-        .filter(|&e| e <= bytes.len() as u64 && table_offset >= HEADER_SIZE as u64)
-        .map(|e| &bytes[table_offset as usize..e as usize])
-        .ok_or_else(|| bad("section table outside the file".into()))?;
-    if checksum(table) != table_sum {
+        .is_none_or(|e| e > file_len || table_offset < HEADER_SIZE as u64)
+    {
+        return Err(bad("section table outside the file".into()));
+    }
+    let table = src.at(table_offset, table_len)?;
+    if checksum(&table) != table_sum {
         return Err(bad("section table checksum mismatch".into()));
     }
     let mut sections: HashMap<u32, Vec<u8>> = HashMap::new();
+    let mut data = None;
     for e in table.chunks_exact(SECTION_ENTRY_SIZE) {
         let id = le_u32(e, 0);
         let sflags = le_u32(e, 4);
@@ -90,24 +140,40 @@ pub fn parse(bytes: &[u8]) -> Result<Archive> {
         if sflags & !(FLAG_REQUIRED | FLAG_ZSTD) != 0 {
             return Err(bad(format!("section {id}: unknown flags {sflags:#x}")));
         }
-        if sections.contains_key(&id) {
+        if sections.contains_key(&id) || (known == Some(SectionId::Data) && data.is_some()) {
             return Err(bad(format!("section {id} appears twice")));
         }
-        let stored = off
+        if off
             .checked_add(stored_len)
-            .filter(|&end| off >= HEADER_SIZE as u64 && end <= table_offset)
-            .map(|end| &bytes[off as usize..end as usize])
-            .ok_or_else(|| bad(format!("section {id} lies outside the file")))?;
-        if checksum(stored) != sum {
-            return Err(bad(format!(
-                "section {id} checksum mismatch (corrupt file)"
-            )));
+            .is_none_or(|end| off < HEADER_SIZE as u64 || end > table_offset)
+        {
+            return Err(bad(format!("section {id} lies outside the file")));
+        }
+        if known == Some(SectionId::Data) {
+            // File data is verified chunk by chunk against the span hashes when
+            // read; opening an archive never reads it.
+            if sflags != FLAG_REQUIRED || raw_len != stored_len || sum != [0; 16] {
+                return Err(bad(
+                    "DATA section: must be required, uncompressed, with a zero checksum".into(),
+                ));
+            }
+            data = Some(DataSection {
+                offset: off,
+                len: stored_len,
+            });
+            continue;
         }
         if raw_len > MAX_SECTION {
             return Err(bad(format!("section {id} is too large ({raw_len} bytes)")));
         }
+        let stored = src.at(off, stored_len)?;
+        if checksum(&stored) != sum {
+            return Err(bad(format!(
+                "section {id} checksum mismatch (corrupt file)"
+            )));
+        }
         let raw = if sflags & FLAG_ZSTD != 0 {
-            let raw = zstd::bulk::decompress(stored, raw_len as usize)
+            let raw = zstd::bulk::decompress(&stored, raw_len as usize)
                 .map_err(|e| bad(format!("section {id}: {e}")))?;
             if raw.len() as u64 != raw_len {
                 return Err(bad(format!("section {id}: wrong uncompressed length")));
@@ -117,7 +183,7 @@ pub fn parse(bytes: &[u8]) -> Result<Archive> {
             if stored_len != raw_len {
                 return Err(bad(format!("section {id}: lengths disagree")));
             }
-            stored.to_vec()
+            stored.into_owned()
         };
         sections.insert(id, raw);
     }
@@ -218,5 +284,75 @@ pub fn parse(bytes: &[u8]) -> Result<Archive> {
             }
         }
     }
-    Ok(Archive { meta, layers, tree })
+    check_storage(&meta, &layers, data).map_err(bad)?;
+    Ok(Archive {
+        meta,
+        layers,
+        tree,
+        data,
+    })
+}
+
+/// The storage kind, the layers and the DATA section must agree: a `local`
+/// archive carries its data layer in its DATA section, an `s3` one names the
+/// object holding it, an index-only one has no DATA section.
+fn check_storage(
+    meta: &Meta,
+    layers: &[LayerRecord],
+    data: Option<DataSection>,
+) -> std::result::Result<(), String> {
+    let kind = meta
+        .storage
+        .as_ref()
+        .map_or(STORAGE_OCI, |s| s.kind.as_str());
+    let data_offset = meta.storage.as_ref().and_then(|s| s.data_offset);
+    let one_data_layer = || -> std::result::Result<&LayerRecord, String> {
+        match layers {
+            [l] if l.media_type == DATA_MEDIA_TYPE && l.compression == Compression::Zstd => Ok(l),
+            _ => Err(format!(
+                "a {kind} archive must have exactly one data layer ({DATA_MEDIA_TYPE})"
+            )),
+        }
+    };
+    match kind {
+        STORAGE_OCI => {
+            if data.is_some() {
+                return Err("an index-only archive has a DATA section".into());
+            }
+            if let Some(l) = layers.iter().find(|l| l.media_type == DATA_MEDIA_TYPE) {
+                return Err(format!(
+                    "an index-only archive names data layer {}",
+                    l.digest
+                ));
+            }
+        }
+        STORAGE_LOCAL => {
+            let l = one_data_layer()?;
+            let Some(d) = data else {
+                return Err("a local v1 archive has no DATA section".into());
+            };
+            if data_offset != Some(d.offset) || d.len != l.compressed_size {
+                return Err(format!(
+                    "DATA section at {} ({} bytes) disagrees with the data layer (offset {data_offset:?}, {} bytes)",
+                    d.offset, d.len, l.compressed_size
+                ));
+            }
+        }
+        STORAGE_S3 => {
+            one_data_layer()?;
+            let s = meta.storage.as_ref().expect("kind came from it");
+            if data.is_some() {
+                return Err("a .rclip (s3 storage) carries a DATA section".into());
+            }
+            match &s.s3 {
+                Some(loc) if !loc.bucket.is_empty() && !loc.key.is_empty() => {}
+                _ => return Err("s3 storage names no bucket and key".into()),
+            }
+            if data_offset.is_none() {
+                return Err("s3 storage has no data_offset".into());
+            }
+        }
+        other => return Err(format!("unknown storage type {other:?}")),
+    }
+    Ok(())
 }

@@ -110,53 +110,124 @@ mod erased {
     }
 }
 
-/// Writes `archive` to `path` atomically (temporary file, fsync, rename).
+/// Writes `archive` (index-only, or a `.rclip`) to `path` atomically (temporary
+/// file, fsync, rename).
 pub fn write(archive: &Archive, path: &Path) -> Result<u64> {
-    let sections = encode(archive)?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".clip-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .ctx("creating a temporary file in", dir)?;
-    let mut w = BufWriter::new(tmp.as_file());
-    w.write_all(&[0u8; HEADER_SIZE])
-        .ctx("writing", tmp.path())?;
-    let mut offset = HEADER_SIZE as u64;
-    let mut table = Vec::with_capacity(sections.len() * SECTION_ENTRY_SIZE);
-    for s in &sections {
-        w.write_all(&s.stored).ctx("writing", tmp.path())?;
-        table.extend_from_slice(&(s.id as u32).to_le_bytes());
-        table.extend_from_slice(&s.flags.to_le_bytes());
-        table.extend_from_slice(&offset.to_le_bytes());
-        table.extend_from_slice(&(s.stored.len() as u64).to_le_bytes());
-        table.extend_from_slice(&s.raw_len.to_le_bytes());
-        table.extend_from_slice(&checksum(&s.stored));
-        offset += s.stored.len() as u64;
+    ArchiveWriter::create(path)?.finish(archive)
+}
+
+/// Writes an archive in one pass: the DATA section (streamed, for a v1 archive)
+/// right after the header, then the metadata sections, the table and the header,
+/// into a temporary file next to the target that [`ArchiveWriter::finish`] renames
+/// into place. Dropped without `finish`, it leaves nothing behind.
+pub struct ArchiveWriter {
+    tmp: tempfile::NamedTempFile,
+    out: BufWriter<std::fs::File>,
+    path: std::path::PathBuf,
+    data_len: u64,
+}
+
+impl ArchiveWriter {
+    /// Starts an archive that will be renamed to `path`.
+    pub fn create(path: &Path) -> Result<ArchiveWriter> {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".clip-")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .ctx("creating a temporary file in", dir)?;
+        let file = tmp.as_file().try_clone().ctx("opening", tmp.path())?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&[0u8; HEADER_SIZE])
+            .ctx("writing", tmp.path())?;
+        Ok(ArchiveWriter {
+            tmp,
+            out,
+            path: path.to_path_buf(),
+            data_len: 0,
+        })
     }
-    let table_offset = offset;
-    w.write_all(&table).ctx("writing", tmp.path())?;
-    let total = table_offset + table.len() as u64;
-    let mut header = Vec::with_capacity(HEADER_SIZE);
-    header.extend_from_slice(&MAGIC);
-    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    header.extend_from_slice(&0u32.to_le_bytes()); // flags
-    header.extend_from_slice(&(sections.len() as u32).to_le_bytes());
-    header.extend_from_slice(&0u32.to_le_bytes()); // reserved
-    header.extend_from_slice(&table_offset.to_le_bytes());
-    header.extend_from_slice(&checksum(&table));
-    header.extend_from_slice(&total.to_le_bytes());
-    header.resize(HEADER_SIZE, 0);
-    w.flush().ctx("writing", tmp.path())?;
-    drop(w);
-    let mut f = tmp.as_file();
-    f.seek(SeekFrom::Start(0)).ctx("writing", tmp.path())?;
-    f.write_all(&header).ctx("writing", tmp.path())?;
-    f.sync_all().ctx("syncing", tmp.path())?;
-    tmp.persist(path)
-        .map_err(|e| Error::io("renaming into", path, e.error))?;
-    Ok(total)
+
+    /// Offset in the file where the DATA section starts.
+    pub fn data_offset(&self) -> u64 {
+        HEADER_SIZE as u64
+    }
+
+    /// Appends bytes to the DATA section.
+    pub fn write_data(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out.write_all(bytes).ctx("writing", self.tmp.path())?;
+        self.data_len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes of DATA written so far.
+    pub fn data_len(&self) -> u64 {
+        self.data_len
+    }
+
+    /// The path the archive is being written to before the rename.
+    pub fn temp_path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Writes the metadata of `archive` after the data, syncs and renames the file
+    /// into place; returns its size.
+    pub fn finish(mut self, archive: &Archive) -> Result<u64> {
+        let sections = encode(archive)?;
+        let tmp_path = self.tmp.path().to_path_buf();
+        let mut offset = HEADER_SIZE as u64;
+        let mut table = Vec::with_capacity((sections.len() + 1) * SECTION_ENTRY_SIZE);
+        let mut entry = |id: u32, flags: u32, off: u64, stored: u64, raw: u64, sum: [u8; 16]| {
+            table.extend_from_slice(&id.to_le_bytes());
+            table.extend_from_slice(&flags.to_le_bytes());
+            table.extend_from_slice(&off.to_le_bytes());
+            table.extend_from_slice(&stored.to_le_bytes());
+            table.extend_from_slice(&raw.to_le_bytes());
+            table.extend_from_slice(&sum);
+        };
+        let count = sections.len() + usize::from(archive.data.is_some());
+        if archive.data.is_some() {
+            let d = self.data_len;
+            entry(SectionId::Data as u32, FLAG_REQUIRED, offset, d, d, [0; 16]);
+            offset += d;
+        }
+        for s in &sections {
+            self.out.write_all(&s.stored).ctx("writing", &tmp_path)?;
+            let len = s.stored.len() as u64;
+            entry(
+                s.id as u32,
+                s.flags,
+                offset,
+                len,
+                s.raw_len,
+                checksum(&s.stored),
+            );
+            offset += len;
+        }
+        let table_offset = offset;
+        self.out.write_all(&table).ctx("writing", &tmp_path)?;
+        let total = table_offset + table.len() as u64;
+        let mut header = Vec::with_capacity(HEADER_SIZE);
+        header.extend_from_slice(&MAGIC);
+        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header.extend_from_slice(&0u32.to_le_bytes()); // flags
+        header.extend_from_slice(&(count as u32).to_le_bytes());
+        header.extend_from_slice(&0u32.to_le_bytes()); // reserved
+        header.extend_from_slice(&table_offset.to_le_bytes());
+        header.extend_from_slice(&checksum(&table));
+        header.extend_from_slice(&total.to_le_bytes());
+        header.resize(HEADER_SIZE, 0);
+        self.out.flush().ctx("writing", &tmp_path)?;
+        let mut f = self.tmp.as_file();
+        f.seek(SeekFrom::Start(0)).ctx("writing", &tmp_path)?;
+        f.write_all(&header).ctx("writing", &tmp_path)?;
+        f.sync_all().ctx("syncing", &tmp_path)?;
+        self.tmp
+            .persist(&self.path)
+            .map_err(|e| Error::io("renaming into", &self.path, e.error))?;
+        Ok(total)
+    }
 }

@@ -68,6 +68,37 @@ enum Cmd {
         #[command(flatten)]
         idx: IndexArgs,
     },
+    /// Archive a directory tree (or flatten an image) into a v1 .clip that carries
+    /// its file data; with --s3, upload it and write the metadata-only .rclip.
+    Archive {
+        /// The directory to archive (everything below it, symlinks not followed).
+        #[arg(required_unless_present = "image", conflicts_with = "image")]
+        dir: Option<PathBuf>,
+        /// Flatten this image instead (`host/repo:tag`, `oci:/path[:tag]`), with the
+        /// whiteout rules of a mount.
+        #[arg(long)]
+        image: Option<String>,
+        /// Where to write the archive (the .rclip with --s3).
+        #[arg(long)]
+        out: PathBuf,
+        /// Uncompressed bytes per chunk (KiB/MiB suffix): smaller chunks make cold
+        /// reads cheaper and the archive larger.
+        #[arg(long, default_value = "1MiB")]
+        chunk_size: String,
+        /// zstd level of the chunks (1..=19).
+        #[arg(long, default_value_t = clip::pack::DEFAULT_LEVEL)]
+        level: i32,
+        /// Compression threads (default: number of CPUs).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Platform to pick from a multi-platform image (os/arch[/variant]).
+        #[arg(long)]
+        platform: Option<String>,
+        #[command(flatten)]
+        reg: RegistryArgs,
+        #[command(flatten)]
+        s3: S3Args,
+    },
     /// Summarise an archive.
     Inspect {
         /// The archive.
@@ -98,6 +129,8 @@ enum Cmd {
         layout: Option<PathBuf>,
         #[command(flatten)]
         reg: RegistryArgs,
+        #[command(flatten)]
+        s3: S3Args,
         /// Start at this byte.
         #[arg(long, default_value_t = 0)]
         offset: u64,
@@ -120,6 +153,8 @@ enum Cmd {
         layout: Option<PathBuf>,
         #[command(flatten)]
         reg: RegistryArgs,
+        #[command(flatten)]
+        s3: S3Args,
         /// Span cache directory (default: $CLIP_CACHE_DIR, ~/.cache/clip).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
@@ -156,6 +191,8 @@ enum Cmd {
         layout: Option<PathBuf>,
         #[command(flatten)]
         reg: RegistryArgs,
+        #[command(flatten)]
+        s3: S3Args,
         /// Print read statistics to stderr as JSON.
         #[arg(long)]
         stats: bool,
@@ -207,11 +244,56 @@ impl RegistryArgs {
         })
     }
 
-    fn sources(&self, layout: Option<PathBuf>) -> Result<SourceOptions> {
+    fn sources(&self, layout: Option<PathBuf>, s3: &S3Args) -> Result<SourceOptions> {
         Ok(SourceOptions {
             layout,
             registry: self.options()?,
+            s3: s3.location()?,
+            data_archive: s3.data_archive.clone(),
+            ..Default::default()
         })
+    }
+}
+
+/// Where v1 data lives in S3, and where a .rclip's data is read from.
+#[derive(clap::Args)]
+struct S3Args {
+    /// `s3://BUCKET/KEY` of the full archive: where `archive` uploads it, or (for
+    /// a .rclip) where to read the data instead of the location it names.
+    #[arg(long, value_name = "s3://BUCKET/KEY")]
+    s3: Option<String>,
+    /// S3 endpoint URL (default: AWS, or $AWS_ENDPOINT_URL).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// S3 region (default: $AWS_REGION, else us-east-1).
+    #[arg(long)]
+    region: Option<String>,
+    /// Path-style S3 requests (most non-AWS servers need them).
+    #[arg(long)]
+    path_style: bool,
+    /// For a .rclip: read the data from this local full archive instead of S3.
+    #[arg(long, value_name = "FILE.clip")]
+    data_archive: Option<PathBuf>,
+}
+
+impl S3Args {
+    /// The location given, if any. Credentials come from the `AWS_*` variables.
+    fn location(&self) -> Result<Option<clip::s3::S3Location>> {
+        let Some(url) = &self.s3 else {
+            if self.endpoint.is_some() || self.region.is_some() || self.path_style {
+                bail!("--endpoint, --region and --path-style go with --s3");
+            }
+            return Ok(None);
+        };
+        let mut loc = clip::s3::S3Location::parse_url(url)?;
+        if let Some(e) = &self.endpoint {
+            loc.endpoint = e.clone();
+        }
+        if let Some(r) = &self.region {
+            loc.region = r.clone();
+        }
+        loc.path_style |= self.path_style;
+        Ok(Some(loc))
     }
 }
 
@@ -376,6 +458,30 @@ fn run(cmd: Cmd) -> Result<()> {
                 }
             );
         }
+        Cmd::Archive {
+            dir,
+            image,
+            out,
+            chunk_size,
+            level,
+            threads,
+            platform,
+            reg,
+            s3,
+        } => archive_cmd(ArchiveCmd {
+            dir,
+            image,
+            out,
+            opts: clip::pack::PackOptions {
+                chunk_size: parse_size(&chunk_size)?,
+                level,
+                threads,
+                ..Default::default()
+            },
+            platform,
+            reg,
+            s3,
+        })?,
         Cmd::Inspect { archive, json } => inspect(&archive, json)?,
         Cmd::Ls {
             archive,
@@ -397,11 +503,12 @@ fn run(cmd: Cmd) -> Result<()> {
             path,
             layout,
             reg,
+            s3,
             offset,
             length,
             stats,
         } => {
-            let img = Image::open(&archive, &reg.sources(layout)?)?;
+            let img = Image::open(&archive, &reg.sources(layout, &s3)?)?;
             let ino = img
                 .tree()
                 .resolve(path.as_bytes())
@@ -430,6 +537,7 @@ fn run(cmd: Cmd) -> Result<()> {
             mountpoint,
             layout,
             reg,
+            s3,
             cache_dir,
             cache_size,
             allow_other,
@@ -440,7 +548,7 @@ fn run(cmd: Cmd) -> Result<()> {
             if daemon {
                 return daemonize();
             }
-            let img = Image::open(&archive, &reg.sources(layout)?)?;
+            let img = Image::open(&archive, &reg.sources(layout, &s3)?)?;
             let mut opts = clip::mount::MountOptions {
                 cache_max_bytes: parse_size(&cache_size)?,
                 allow_other,
@@ -488,9 +596,10 @@ fn run(cmd: Cmd) -> Result<()> {
             dest,
             layout,
             reg,
+            s3,
             stats,
         } => {
-            let img = Image::open(&archive, &reg.sources(layout)?)?;
+            let img = Image::open(&archive, &reg.sources(layout, &s3)?)?;
             let s = extract(&img, &dest, ExtractOptions::default())?;
             eprintln!(
                 "extracted {} inodes, {} bytes into {}",
@@ -630,12 +739,24 @@ fn inspect(path: &std::path::Path, json: bool) -> Result<()> {
         path.display(),
         clip::archive::FORMAT_VERSION
     );
-    println!(
-        "image:     {} ({})",
-        a.meta.manifest_digest, a.meta.platform
-    );
+    match &a.meta.manifest_digest {
+        Some(d) => println!("image:     {d} ({})", a.meta.platform),
+        None => println!("image:     (a directory; no manifest)"),
+    }
     println!("source:    {}", a.meta.source);
     match &a.meta.storage {
+        Some(s) if s.kind == clip::archive::STORAGE_LOCAL => println!(
+            "storage:   local (v1: file data in this archive, {} bytes at offset {})",
+            a.layers[0].compressed_size,
+            s.data_offset.unwrap_or_default()
+        ),
+        Some(s) if s.kind == clip::archive::STORAGE_S3 => {
+            let l = s.s3.clone().unwrap_or_default();
+            println!(
+                "storage:   s3 (v1 metadata only: data in s3://{}/{} region={:?} endpoint={:?} path_style={})",
+                l.bucket, l.key, l.region, l.endpoint, l.path_style
+            )
+        }
         Some(s) => println!(
             "storage:   {} {}/{}@{}",
             s.kind, s.registry, s.repository, s.reference
@@ -671,6 +792,101 @@ fn inspect(path: &std::path::Path, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+struct ArchiveCmd {
+    dir: Option<PathBuf>,
+    image: Option<String>,
+    out: PathBuf,
+    opts: clip::pack::PackOptions,
+    platform: Option<String>,
+    reg: RegistryArgs,
+    s3: S3Args,
+}
+
+fn archive_cmd(c: ArchiveCmd) -> Result<()> {
+    if c.s3.data_archive.is_some() {
+        bail!("--data-archive is for reading a .rclip, not for archive");
+    }
+    let loc = c.s3.location()?;
+    // With --s3 the full archive is built next to the .rclip, uploaded, removed.
+    let full = match &loc {
+        None => c.out.clone(),
+        Some(_) => {
+            let dir = c.out.parent().filter(|p| !p.as_os_str().is_empty());
+            let dir = dir.unwrap_or(std::path::Path::new("."));
+            tempfile::Builder::new()
+                .prefix(".clip-full-")
+                .suffix(".clip")
+                .tempfile_in(dir)?
+                .into_temp_path()
+                .keep()?
+        }
+    };
+    let _cleanup = loc.as_ref().map(|_| RemoveOnDrop(full.clone()));
+    let s = match (&c.dir, &c.image) {
+        (Some(dir), _) => clip::pack::pack_dir(dir, &full, &c.opts)?,
+        (None, Some(image)) => {
+            let src = CreateOptions {
+                platform: c.platform.as_deref().map(Platform::parse).transpose()?,
+                registry: c.reg.options()?,
+                ..Default::default()
+            };
+            clip::pack::pack_image(image, &full, &c.opts, &src)?
+        }
+        (None, None) => bail!("give a directory or --image"),
+    };
+    eprintln!(
+        "wrote {} ({} bytes): {} inodes, {} files, {} bytes of data in {} chunks ({} stored), {} bytes deduplicated{}",
+        full.display(),
+        s.archive_size,
+        s.inodes,
+        s.files,
+        s.data_bytes,
+        s.chunks,
+        s.stored_bytes,
+        s.dedup_bytes,
+        if s.skipped > 0 {
+            format!(", {} entries skipped (sockets)", s.skipped)
+        } else {
+            String::new()
+        }
+    );
+    if let Some(loc) = loc {
+        let cancel = std::sync::atomic::AtomicBool::new(false);
+        let tty = std::io::stderr().is_terminal();
+        clip::pack::upload(
+            &full,
+            &c.out,
+            &loc,
+            &clip::s3::S3Options::default(),
+            &mut |p| {
+                if tty {
+                    eprint!("\ruploading: {p:3}%");
+                    if p == 100 {
+                        eprintln!();
+                    }
+                }
+            },
+            &cancel,
+        )?;
+        eprintln!(
+            "uploaded to s3://{}/{}; wrote {}",
+            loc.bucket,
+            loc.key,
+            c.out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Removes a file when dropped (the temporary full archive of `archive --s3`).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn ls(tree: &Tree, ino: u64, path: &str, recursive: bool, out: &mut dyn Write) -> Result<()> {

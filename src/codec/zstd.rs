@@ -102,3 +102,64 @@ pub(crate) fn decode_stream(input: &mut dyn Read, out: &mut Limit<'_>) -> Result
     }
     Ok(())
 }
+
+/// Largest block a zstd frame may carry.
+const MAX_BLOCK: usize = 128 << 10;
+
+/// `data` as one zstd frame of raw (stored) blocks: what a v1 archive writes for
+/// incompressible chunks. Any zstd decoder reads it at memory speed; it costs 9
+/// bytes of frame header and 3 bytes per 128 KiB block. `data` must be at most
+/// 4 GiB.
+pub fn raw_frame(data: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(data.len()).expect("a chunk is at most 4 GiB");
+    let blocks = data.len().div_ceil(MAX_BLOCK).max(1);
+    let mut out = Vec::with_capacity(data.len() + 9 + 3 * blocks);
+    out.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
+    // Frame header descriptor: 4-byte content size, single segment, no checksum,
+    // no dictionary.
+    out.push(0b1010_0000);
+    out.extend_from_slice(&len.to_le_bytes());
+    let mut pieces = data.chunks(MAX_BLOCK).peekable();
+    if pieces.peek().is_none() {
+        out.extend_from_slice(&[1, 0, 0]); // one empty last raw block
+    }
+    while let Some(p) = pieces.next() {
+        let last = u32::from(pieces.peek().is_none());
+        let header = last | ((p.len() as u32) << 3); // block type 0: raw
+        out.extend_from_slice(&header.to_le_bytes()[..3]);
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_frames_decode_with_the_standard_decoder() {
+        for n in [
+            0usize,
+            1,
+            MAX_BLOCK - 1,
+            MAX_BLOCK,
+            MAX_BLOCK + 1,
+            3 * MAX_BLOCK + 7,
+        ] {
+            let data: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8).collect();
+            let f = raw_frame(&data);
+            assert_eq!(f.len(), n + 9 + 3 * n.div_ceil(MAX_BLOCK).max(1));
+            assert_eq!(::zstd::bulk::decompress(&f, n.max(1)).unwrap(), data, "{n}");
+            // Frames concatenate like any zstd frames.
+            let mut two = f.clone();
+            two.extend_from_slice(&f);
+            let mut out = Vec::new();
+            std::io::copy(
+                &mut ::zstd::stream::read::Decoder::new(&two[..]).unwrap(),
+                &mut out,
+            )
+            .unwrap();
+            assert_eq!(out.len(), 2 * n);
+        }
+    }
+}

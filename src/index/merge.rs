@@ -376,6 +376,33 @@ impl Strings {
     }
 }
 
+/// Builds a tree from entries in the order a walk meets them (a directory before
+/// its children, a hardlink's target before the link), with the same rules as a
+/// layer's non-whiteout entries: used to archive a directory tree, where a name
+/// like `.wh.x` is just a file.
+pub struct TreeBuilder(Builder);
+
+impl Default for TreeBuilder {
+    fn default() -> TreeBuilder {
+        TreeBuilder(Builder {
+            nodes: vec![implicit_dir()],
+        })
+    }
+}
+
+impl TreeBuilder {
+    /// Adds one entry; file entries name data layer `layer` at `data_offset`.
+    /// An entry with an empty path (or `.`) sets the root's attributes.
+    pub fn add(&mut self, e: &Entry, layer: u32) -> Result<()> {
+        self.0.apply_entry(e, layer)
+    }
+
+    /// The finished tree.
+    pub fn finish(self) -> Result<Tree> {
+        self.0.flatten()
+    }
+}
+
 /// Merges the layers, bottom first, into one tree. File inodes name the layer by
 /// its index in `layers`.
 pub fn merge(layers: &[LayerIndex]) -> Result<Tree> {

@@ -5,4 +5,4 @@ pub mod layer;
 pub mod merge;
 
 pub use layer::{LayerIndex, index_layer};
-pub use merge::merge;
+pub use merge::{TreeBuilder, merge};
