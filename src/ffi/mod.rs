@@ -25,8 +25,9 @@
 //! - `library`: the other constants and the library-wide functions (version,
 //!   last error, strings, log level);
 //! - `cancel`: cancel tokens; `registry`: registry options and credentials;
-//! - `create`: creating index-only archives; `archive`: reading archives;
-//!   `mount`: mounts;
+//! - `create`: creating index-only archives; `pack`: packing directories into
+//!   v1 archives; `s3`: S3 locations, uploads and `.rclip`s; `archive`: reading
+//!   archives; `mount`: mounts;
 //! - this file: the pointer and string helpers, the only places raw pointers
 //!   are read or written.
 #![allow(non_camel_case_types)]
@@ -45,6 +46,10 @@ mod registry;
 
 mod create;
 
+mod pack;
+
+mod s3;
+
 mod archive;
 
 mod mount;
@@ -59,7 +64,9 @@ pub use create::*;
 pub use error::*;
 pub use library::*;
 pub use mount::*;
+pub use pack::*;
 pub use registry::*;
+pub use s3::*;
 
 // ---------------------------------------------------------------------------
 // Pointer helpers: the only places raw pointers are read.
@@ -186,6 +193,54 @@ fn check_version(what: &str, version: c_uint, current: c_uint) -> FfiResult {
     Ok(())
 }
 
+/// A versioned options struct whose all-zero bytes are a valid value (integers,
+/// raw pointers, `Option`s of function pointers), so that a caller's older,
+/// shorter version of it can be read into a zeroed current one.
+///
+/// # Safety
+///
+/// Implement only for `#[repr(C)]` structs made of such fields, whose first
+/// field is the `c_uint` version, with `SIZES` right.
+unsafe trait Versioned: Sized {
+    /// The struct's C name, for messages.
+    const NAME: &'static str;
+    /// Size in bytes of each version of the struct, version 1 first (fields are
+    /// only appended, so a version is a prefix of the next).
+    const SIZES: &'static [usize];
+}
+
+/// Reads the versioned struct at `p` (argument `name`): checks its version and
+/// copies only the fields that version has; later fields read as zero (NULL, 0,
+/// no callback).
+fn c_versioned<T: Versioned>(p: *const T, name: &str) -> FfiResult<T> {
+    if p.is_null() {
+        return Err(Failure::invalid(format!("argument {name} is NULL")));
+    }
+    // SAFETY: `p` is not NULL and, as the header requires, points to an options
+    // struct initialised by its `_init`, which begins with its `c_uint` version.
+    let version = unsafe { p.cast::<c_uint>().read() };
+    check_version(T::NAME, version, T::SIZES.len() as c_uint)?;
+    let n = T::SIZES[version as usize - 1];
+    let mut v = std::mem::MaybeUninit::<T>::zeroed();
+    // SAFETY: the caller's struct of that version has at least `n` bytes, `v` has
+    // `size_of::<T>() >= n`, and they do not overlap; the bytes past `n` stay
+    // zero, a valid value for every field (the `Versioned` contract).
+    unsafe {
+        std::ptr::copy_nonoverlapping(p.cast::<u8>(), v.as_mut_ptr().cast::<u8>(), n);
+        Ok(v.assume_init())
+    }
+}
+
+/// Writes the fields of version `version` of `value` to `p` (checked with
+/// [`c_out_struct`], `version` with [`check_version`]), and nothing past them: an
+/// older caller's struct is shorter.
+fn write_versioned<T: Versioned>(p: *mut T, value: T, version: c_uint) {
+    let n = T::SIZES[version as usize - 1];
+    // SAFETY: `p` is not NULL and points to writable storage for the struct of
+    // that version, `n` bytes, as the header requires; `value` is a whole `T`.
+    unsafe { std::ptr::copy_nonoverlapping((&value as *const T).cast::<u8>(), p.cast::<u8>(), n) }
+}
+
 /// A caller's `void *payload`, handed back to its callback from whichever thread
 /// calls it.
 #[derive(Clone, Copy)]
@@ -274,6 +329,41 @@ mod tests {
         assert_eq!(
             clip_create_options_init(std::ptr::null_mut(), 1),
             CLIP_EINVALID
+        );
+    }
+
+    #[test]
+    fn older_mount_options() {
+        // A version-1 caller's struct, followed by bytes that are not its own.
+        let v1 = <clip_mount_options as Versioned>::SIZES[0];
+        let full = std::mem::size_of::<clip_mount_options>();
+        assert!(v1 < full);
+        let mut buf = vec![u64::from_ne_bytes([0xAA; 8]); full / 8 + 4];
+        let p = buf.as_mut_ptr().cast::<clip_mount_options>();
+        assert_eq!(clip_mount_options_init(p, 1), CLIP_OK);
+        let bytes = buf
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect::<Vec<u8>>();
+        assert!(
+            bytes[v1..].iter().all(|&b| b == 0xAA),
+            "init wrote past version 1"
+        );
+        let o = c_versioned(p.cast_const(), "opts").unwrap();
+        assert_eq!(o.version, 1);
+        assert!(o.s3.is_null() && o.data_archive.is_null());
+        // A current struct reads whole; an unknown version is refused.
+        let mut cur = vec![0u64; full / 8 + 1];
+        let p = cur.as_mut_ptr().cast::<clip_mount_options>();
+        assert_eq!(
+            clip_mount_options_init(p, CLIP_MOUNT_OPTIONS_VERSION),
+            CLIP_OK
+        );
+        assert_eq!(c_versioned(p.cast_const(), "opts").unwrap().version, 2);
+        cur[0] = 3;
+        assert_eq!(
+            c_versioned(p.cast_const(), "opts").err().map(|f| f.code),
+            Some(CLIP_EVERSION)
         );
     }
 

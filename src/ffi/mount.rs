@@ -84,9 +84,31 @@ pub struct clip_mount_options {
     pub read_observer: clip_read_observer_cb,
     /// Handed to `read_observer`; must stay valid until `clip_mount_free`.
     pub read_observer_payload: *mut c_void,
+    /// Version 2. For a `.rclip` (a v1 archive whose data is an object in S3):
+    /// where the data is and how to reach it; NULL for the object the archive
+    /// names, with credentials from the `AWS_*` variables. A non-NULL `bucket`
+    /// replaces the archive's location (a NULL `key` keeps the archive's key).
+    /// Read during the call only; ignored for other archives.
+    pub s3: *const clip_s3_options,
+    /// Version 2. For a `.rclip`: the full v1 archive, on local disk, to read
+    /// the data from instead of S3 (its data offsets are the ones the `.rclip`
+    /// records); NULL for none. Ignored for other archives.
+    pub data_archive: *const c_char,
 }
 
-/// Fills `opts` with the defaults of `version` (pass `CLIP_MOUNT_OPTIONS_VERSION`).
+// SAFETY: `clip_mount_options` is `#[repr(C)]` of integers, raw pointers and
+// `Option`s of function pointers, version first; version 2 appended `s3` and
+// `data_archive` to version 1, which ended before `s3`.
+unsafe impl Versioned for clip_mount_options {
+    const NAME: &'static str = "clip_mount_options";
+    const SIZES: &'static [usize] = &[
+        std::mem::offset_of!(clip_mount_options, s3),
+        std::mem::size_of::<clip_mount_options>(),
+    ];
+}
+
+/// Fills `opts` with the defaults of `version` (pass `CLIP_MOUNT_OPTIONS_VERSION`;
+/// only the fields of that version are written).
 ///
 /// Returns: 0; `CLIP_EINVALID` if `opts` is NULL; `CLIP_EVERSION` for a version
 /// this library does not know.
@@ -95,7 +117,7 @@ pub extern "C" fn clip_mount_options_init(opts: *mut clip_mount_options, version
     boundary("clip_mount_options_init", || {
         check_version("clip_mount_options", version, CLIP_MOUNT_OPTIONS_VERSION)?;
         let o = c_out_struct(opts, "opts")?;
-        write_struct(
+        write_versioned(
             o,
             clip_mount_options {
                 version,
@@ -108,23 +130,30 @@ pub extern "C" fn clip_mount_options_init(opts: *mut clip_mount_options, version
                 registry: std::ptr::null(),
                 read_observer: None,
                 read_observer_payload: std::ptr::null_mut(),
+                s3: std::ptr::null(),
+                data_archive: std::ptr::null(),
             },
+            version,
         );
         Ok(())
     })
 }
 
 /// Mounts the archive at `archive_path` read-only at `mountpoint` (created if
-/// missing) and returns once the mount is live. File bytes are fetched on demand
-/// from the layers: from `opts->layout` if given, else from the registry the
-/// archive records, else from the layout it was indexed from if still there.
+/// missing) and returns once the mount is live. File bytes are fetched on demand:
+/// for an index-only archive from the layers, from `opts->layout` if given, else
+/// from the registry the archive records, else from the layout it was indexed
+/// from if still there; for a v1 archive from its own DATA section; for a
+/// `.rclip` from `opts->data_archive` if given, else from the S3 object the
+/// archive (or `opts->s3`) names, with ranged GETs.
 /// Needs `/dev/fuse` and either root or `fusermount3`.
 ///
 /// Returns: 0; `CLIP_EINVALID` for a NULL or invalid argument or option;
 /// `CLIP_EVERSION` for a bad options version or archive version;
 /// `CLIP_ENOTFOUND` for a missing archive or layer blob; `CLIP_EFORMAT` for an
 /// invalid archive or a layer of the wrong size; `CLIP_EAUTH` for refused
-/// credentials; `CLIP_ERROR` if the mount itself fails (the message says why).
+/// credentials; `CLIP_ENETWORK` for an unreachable registry or S3 endpoint;
+/// `CLIP_ERROR` if the mount itself fails (the message says why).
 /// Ownership: `*out` belongs to the caller; `clip_mount_free` unmounts and frees it.
 /// Thread-safety: blocks until the mount is live.
 #[unsafe(no_mangle)]
@@ -142,9 +171,9 @@ pub extern "C" fn clip_mount_new(
         let stopped = Arc::new(AtomicBool::new(false));
         let mut src = SourceOptions::default();
         let mut mo = MountOptions::default();
+        let mut s3 = None;
         if !opts.is_null() {
-            let o = c_ref(opts, "opts")?;
-            check_version("clip_mount_options", o.version, CLIP_MOUNT_OPTIONS_VERSION)?;
+            let o = c_versioned(opts, "opts")?;
             if let Some(d) = c_path_opt(o.cache_dir, "opts->cache_dir")? {
                 mo.cache_dir = d.to_path_buf();
             }
@@ -160,6 +189,11 @@ pub extern "C" fn clip_mount_new(
             }
             src.layout = c_path_opt(o.layout, "opts->layout")?.map(Path::to_path_buf);
             src.registry = registry_options(o.registry, &stopped)?;
+            if !o.s3.is_null() {
+                s3 = Some(s3_args(o.s3, "opts->s3")?);
+            }
+            src.data_archive =
+                c_path_opt(o.data_archive, "opts->data_archive")?.map(Path::to_path_buf);
             if let Some(cb) = o.read_observer {
                 let payload = Payload(o.read_observer_payload);
                 mo.read_observer = Some(Arc::new(move |e: &ReadEvent<'_>| {
@@ -183,7 +217,19 @@ pub extern "C" fn clip_mount_new(
                 }));
             }
         }
-        let image = stopped_by_callback(Image::open(archive_path, &src), &stopped)?;
+        let archive = crate::archive::read(archive_path)?;
+        if let Some(a) = s3 {
+            src.s3_options = a.options;
+            src.s3 = a.location.map(|mut loc| {
+                if !a.has_key {
+                    // A bucket without a key: the key the archive names.
+                    let named = archive.meta.storage.as_ref().and_then(|s| s.s3.as_ref());
+                    loc.key = named.map(|l| l.key.clone()).unwrap_or_default();
+                }
+                loc
+            });
+        }
+        let image = stopped_by_callback(Image::bind(archive, archive_path, &src), &stopped)?;
         let mount = stopped_by_callback(Mount::new(image, mountpoint, &mo), &stopped)?;
         write_out(out, Box::into_raw(Box::new(clip_mount { mount })));
         Ok(())
