@@ -12,11 +12,11 @@ import (
 // archiveInfo is the JSON document the C ABI describes an archive with
 // (clip::archive::Info).
 type archiveInfo struct {
-	FormatVersion  int    `json:"format_version"`
-	CreatedBy      string `json:"created_by"`
-	Source         string `json:"source"`
-	StorageType    string `json:"storage_type"` // "oci", "local" (v1) or "s3" (v1 .rclip)
-	S3             struct {
+	FormatVersion int    `json:"format_version"`
+	CreatedBy     string `json:"created_by"`
+	Source        string `json:"source"`
+	StorageType   string `json:"storage_type"` // "oci", "local" (v1) or "s3" (v1 .rclip)
+	S3            struct {
 		Bucket    string `json:"bucket"`
 		Key       string `json:"key"`
 		Region    string `json:"region"`
