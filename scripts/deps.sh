@@ -21,6 +21,14 @@ gov=$(go env GOVERSION 2>/dev/null | sed 's/^go//')
 case "$gov" in
   1.1[0-9]*|1.20*|"") echo "deps: warning: go ${gov:-?} cannot build go/ (it needs Go >= 1.21 to fetch the toolchain go/go.mod names)" >&2 ;;
 esac
+# versitygw: the S3 server (SigV4, posix backend) that tests/s3.rs and the Go tests
+# run on loopback. Built from its Go module into /usr/local/bin, so it is on PATH.
+if ! command -v versitygw >/dev/null 2>&1; then
+  echo "deps: installing versitygw v1.8.0 (go install, a few minutes)" >&2
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO env PATH="$PATH" GOBIN=/usr/local/bin GOTOOLCHAIN=auto \
+    go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
+fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "deps: cargo is missing; install Rust (rustup) first" >&2
   exit 1

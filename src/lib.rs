@@ -23,6 +23,8 @@
 //! - [`image`]: an opened archive bound to its layer sources: read files, extract.
 //! - [`reference`]: image references (`host/repo:tag`, `@sha256:`, `oci:/dir:tag`).
 //! - [`registry`]: the OCI distribution API client (auth, retries, Range reads).
+//! - [`s3`]: the S3 client: uploading an archive, ranged reads of it
+//!   ([`s3::S3Source`]) for `.rclip` archives.
 //! - [`create`]: the high-level "index this image into that archive" operation.
 //! - [`mount`] and [`fs`]: the FUSE mount of an image.
 //! - [`log`]: a global stderr log subscriber with a changeable level (for the C ABI).

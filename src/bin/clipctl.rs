@@ -83,7 +83,7 @@ enum Cmd {
         out: PathBuf,
         /// Uncompressed bytes per chunk (KiB/MiB suffix): smaller chunks make cold
         /// reads cheaper and the archive larger.
-        #[arg(long, default_value = "1MiB")]
+        #[arg(long, default_value = "2MiB")]
         chunk_size: String,
         /// zstd level of the chunks (1..=19).
         #[arg(long, default_value_t = clip::pack::DEFAULT_LEVEL)]

@@ -16,6 +16,8 @@
 //!   helper and `config.json` writers.
 //! - [`Mounted`] (`mount`): a `clipctl mount --daemon` unmounted when dropped.
 //! - [`Proxy`] (`proxy`): a counting HTTP proxy that can strip `Range` headers.
+//! - [`S3Server`] (`s3`): a real S3 server (versitygw, posix backend) on loopback,
+//!   counting the requests that reach it from its access log.
 #![allow(dead_code, unused_imports)]
 
 pub mod cli;
@@ -24,6 +26,7 @@ pub mod layout;
 pub mod mount;
 pub mod proxy;
 pub mod registry;
+pub mod s3;
 pub mod tar_builder;
 pub mod tools;
 pub mod tree_diff;
@@ -34,6 +37,7 @@ pub use layout::*;
 pub use mount::*;
 pub use proxy::*;
 pub use registry::*;
+pub use s3::*;
 pub use tar_builder::*;
 pub use tools::*;
 pub use tree_diff::*;

@@ -48,9 +48,22 @@ impl Mounted {
     /// Mounts `archive` at `dir` with extra `clipctl mount` arguments (no
     /// `--layout`: layers come from the registry the archive names).
     pub fn with_args(archive: &Path, dir: &Path, cache: &Path, extra: &[&OsStr]) -> Mounted {
+        Mounted::with_env(archive, dir, cache, extra, &[])
+    }
+
+    /// Like [`with_args`](Self::with_args), with extra environment variables for
+    /// the mount daemon (S3 credentials, say).
+    pub fn with_env(
+        archive: &Path,
+        dir: &Path,
+        cache: &Path,
+        extra: &[&OsStr],
+        env: &[(&str, &str)],
+    ) -> Mounted {
         require_fuse();
         let stats = dir.with_extension("stats.json");
         let out = clipctl()
+            .envs(env.iter().copied())
             .arg("mount")
             .arg(archive)
             .arg(dir)
