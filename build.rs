@@ -6,6 +6,10 @@ use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libclip.so.0");
+    // Only clip_* is exported: dependencies with C APIs of their own (crc-fast,
+    // through object_store) would otherwise export theirs from libclip.so too.
+    // Their code comes from rlib archives, whose symbols this hides.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,--exclude-libs,ALL");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");

@@ -478,13 +478,13 @@ typedef struct clip_s3_options {
    */
   const char *session_token;
   /**
-   * Attempts per request on throttling, 5xx and dropped connections; 0 for the
-   * default.
+   * Retries of a failed request (connection errors, timeouts, 5xx), with
+   * exponential backoff; 0 for the default (5).
    */
-  unsigned int attempts;
+  unsigned int retries;
   /**
-   * Timeout to connect and for a response to start, in milliseconds; 0 for the
-   * default.
+   * Connect timeout, and the longest wait for the next bytes of a response,
+   * in milliseconds; 0 for the default (30000).
    */
   unsigned int timeout_ms;
 } clip_s3_options;

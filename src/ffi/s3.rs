@@ -43,11 +43,11 @@ pub struct clip_s3_options {
     pub secret_key: *const c_char,
     /// Session token with `access_key`; NULL for none.
     pub session_token: *const c_char,
-    /// Attempts per request on throttling, 5xx and dropped connections; 0 for the
-    /// default.
-    pub attempts: c_uint,
-    /// Timeout to connect and for a response to start, in milliseconds; 0 for the
-    /// default.
+    /// Retries of a failed request (connection errors, timeouts, 5xx), with
+    /// exponential backoff; 0 for the default (5).
+    pub retries: c_uint,
+    /// Connect timeout, and the longest wait for the next bytes of a response,
+    /// in milliseconds; 0 for the default (30000).
     pub timeout_ms: c_uint,
 }
 
@@ -73,7 +73,7 @@ pub extern "C" fn clip_s3_options_init(opts: *mut clip_s3_options, version: c_ui
                 access_key: std::ptr::null(),
                 secret_key: std::ptr::null(),
                 session_token: std::ptr::null(),
-                attempts: 0,
+                retries: 0,
                 timeout_ms: 0,
             },
         );
@@ -117,8 +117,8 @@ pub(super) fn s3_args(p: *const clip_s3_options, name: &str) -> FfiResult<S3Args
             )));
         }
     };
-    if o.attempts > 0 {
-        options.retries = o.attempts as usize;
+    if o.retries > 0 {
+        options.retries = o.retries as usize;
     }
     if o.timeout_ms > 0 {
         options.timeout = Duration::from_millis(o.timeout_ms as u64);
