@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/beam-cloud/clip/go/internal/testutil"
 	"github.com/beam-cloud/clip/go/pkg/common"
@@ -293,11 +294,12 @@ func TestV1UploadErrors(t *testing.T) {
 		t.Fatalf("cancelled context: got %v, want ErrCanceled and context.Canceled", err)
 	}
 
-	// A progress reader that stops reading (the worker's stream failed): the
-	// call ends when ctx does, and sends nothing afterwards.
+	// A progress reader that never reads (the worker's stream failed): the
+	// blocked send gives up when ctx is done, the call ends, and nothing is sent
+	// afterwards.
 	cctx, cancel = context.WithCancel(ctx)
 	ch := make(chan int)
-	go func() { <-ch; cancel() }() // read one value, then give up
+	go func() { time.Sleep(200 * time.Millisecond); cancel() }()
 	err = CreateAndUploadArchive(cctx, CreateOptions{InputPath: src, OutputPath: out, Credentials: creds, ProgressChan: ch}, &good)
 	close(ch) // a send after return would panic
 	if !errors.Is(err, context.Canceled) {
