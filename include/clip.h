@@ -410,7 +410,7 @@ typedef struct clip_pack_options {
   unsigned int version;
   /**
    * Uncompressed bytes per data chunk (each one zstd frame, one hash, the unit
-   * of a cold read); 0 for the default (1 MiB; docs/FORMAT.md says what it
+   * of a cold read); 0 for the default (2 MiB; docs/FORMAT.md says what it
    * trades). Must lie within 64 KiB and 64 MiB.
    */
   uint64_t chunk_size;
@@ -494,7 +494,8 @@ typedef struct clip_s3_options {
  * whole archive is stored), never decreasing; the same value may repeat.
  *
  * Return 0 to go on; any other value stops the upload, which returns
- * `CLIP_EUSER` (the call's cancel token, if any, is left alone).
+ * `CLIP_EUSER` (the call's cancel token, if any, is left alone). A stop asked
+ * on 100, once the whole archive is stored, comes too late: the call completes.
  *
  * Thread-safety: called from the library's threads, never concurrently for
  * one call, and never after `clip_upload` returned.

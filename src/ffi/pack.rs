@@ -17,7 +17,7 @@ pub struct clip_pack_options {
     /// `CLIP_PACK_OPTIONS_VERSION`.
     pub version: c_uint,
     /// Uncompressed bytes per data chunk (each one zstd frame, one hash, the unit
-    /// of a cold read); 0 for the default (1 MiB; docs/FORMAT.md says what it
+    /// of a cold read); 0 for the default (2 MiB; docs/FORMAT.md says what it
     /// trades). Must lie within 64 KiB and 64 MiB.
     pub chunk_size: u64,
     /// zstd compression level, 1 to 19; 0 for the default (3).

@@ -159,7 +159,8 @@ fn full_location(a: &S3Args, name: &str) -> FfiResult<S3Location> {
 /// whole archive is stored), never decreasing; the same value may repeat.
 ///
 /// Return 0 to go on; any other value stops the upload, which returns
-/// `CLIP_EUSER` (the call's cancel token, if any, is left alone).
+/// `CLIP_EUSER` (the call's cancel token, if any, is left alone). A stop asked
+/// on 100, once the whole archive is stored, comes too late: the call completes.
 ///
 /// Thread-safety: called from the library's threads, never concurrently for
 /// one call, and never after `clip_upload` returned.
