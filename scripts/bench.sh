@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make bench: builds a realistic image (scripts/bench-image.sh), then measures clip
 # against baselines taken in the same run on the same machine, prints a table and
-# writes BENCHMARKS.md; then scripts/bench-mount.sh adds the mount benchmarks.
+# writes BENCHMARKS.md; then scripts/bench-mount.sh, bench-registry.sh, bench-abi.sh
+# and bench-v1.sh add their sections.
 # Times are the median of $RUNS runs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -92,3 +93,8 @@ RUNS=$RUNS "$root/scripts/bench-registry.sh"
 # C ABI and Go (issue 6): per-call overhead and the Go path beside clipctl;
 # (re)writes the section "## C ABI and Go (issue 6)".
 RUNS=$RUNS "$root/scripts/bench-abi.sh"
+
+# v1 archives (issue 10): `clipctl archive` of the merged tree (bench-work/native,
+# made by bench-mount.sh) beside `tar -I 'zstd -T0'` of it, mount ready, cold reads
+# and a chunk-size curve; (re)writes the section "## v1 archives (issue 10)".
+RUNS=$RUNS "$root/scripts/bench-v1.sh"

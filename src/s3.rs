@@ -265,6 +265,8 @@ impl Client {
             .or_else(|| env("AWS_ENDPOINT_URL_S3"))
             .or_else(|| env("AWS_ENDPOINT_URL"));
 
+        // object_store's HTTP client takes the process's rustls provider: ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut client_options = ClientOptions::new()
             .with_connect_timeout(opts.timeout)
             .with_read_timeout(opts.timeout)

@@ -411,3 +411,215 @@ fn truncated_or_corrupt_archives_are_clear_errors() {
     let err = fails(clipctl().arg("cat").arg(&p).arg("/f"));
     assert!(err.contains("span 0 "), "{err}");
 }
+
+/// `clipctl` with the test server's credentials in the standard AWS variables.
+fn clipctl_s3(_s3: &S3Server, secret: &str) -> Command {
+    let mut c = clipctl();
+    c.env("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_REGION", S3_REGION)
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_ENDPOINT_URL");
+    c
+}
+
+fn s3_args(s3: &S3Server, url: &str) -> Vec<String> {
+    vec![
+        "--s3".into(),
+        url.into(),
+        "--endpoint".into(),
+        s3.endpoint(),
+        "--region".into(),
+        S3_REGION.into(),
+        "--path-style".into(),
+    ]
+}
+
+#[test]
+fn s3_upload_then_mount_the_rclip_with_one_get_per_cold_chunk() {
+    let s3 = S3Server::start();
+    s3.create_bucket("images");
+    let d = tmp("clip-v1-s3-");
+    let src = tricky_rootfs(d.path());
+    let work = d.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let rclip = work.join("t.rclip");
+    ok(clipctl_s3(&s3, S3_SECRET_KEY)
+        .arg("archive")
+        .arg(&src)
+        .arg("--out")
+        .arg(&rclip)
+        .args(["--chunk-size", "256KiB"])
+        .args(s3_args(&s3, "s3://images/app/t.clip")));
+    // Only the .rclip is left locally: the full archive went to the bucket.
+    let left: Vec<_> = std::fs::read_dir(&work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("t.rclip")]);
+    let object = s3.root().join("images/app/t.clip");
+    let a = clip::archive::read(&rclip).unwrap();
+    assert!(a.data.is_none());
+    let s = a.meta.storage.clone().unwrap();
+    assert_eq!(s.kind, "s3");
+    let loc = s.s3.unwrap();
+    assert_eq!(
+        (loc.bucket.as_str(), loc.key.as_str()),
+        ("images", "app/t.clip")
+    );
+    assert!(
+        std::fs::metadata(&rclip).unwrap().len() * 10 < std::fs::metadata(&object).unwrap().len()
+    );
+    let full = clip::archive::read(&object).unwrap();
+    assert_eq!(
+        full.layers, a.layers,
+        "the .rclip indexes the uploaded archive"
+    );
+
+    // A cold read of one small file is one ranged GET (no HEAD, no listing).
+    let small = first_small_file(&src);
+    let before = s3.requests().len();
+    let o = ok(clipctl_s3(&s3, S3_SECRET_KEY)
+        .arg("cat")
+        .arg(&rclip)
+        .arg(Path::new("/").join(&small)));
+    assert_eq!(o.stdout, std::fs::read(src.join(&small)).unwrap());
+    let after = s3.requests();
+    assert_eq!(
+        after[before..]
+            .iter()
+            .map(|(op, _)| op.as_str())
+            .collect::<Vec<_>>(),
+        vec!["s3_GetObject"],
+        "one ranged GET for one cold chunk"
+    );
+
+    // The mounted .rclip equals the source; every chunk is fetched at most once.
+    let chunks = a.layers[0].codec.spans.len();
+    let gets0 = s3.gets();
+    let mnt = d.path().join("mnt");
+    let env = [
+        ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY),
+        ("AWS_REGION", S3_REGION),
+    ];
+    let m = Mounted::with_env(&rclip, &mnt, &d.path().join("cache"), &[], &env);
+    assert_same_tree(&m.dir, &src, &exact());
+    let gets = s3.gets() - gets0;
+    assert!(
+        gets >= 1 && gets <= chunks,
+        "{gets} GETs for {chunks} chunks"
+    );
+    m.unmount();
+    // Extract through S3 too.
+    let out = d.path().join("out");
+    ok(clipctl_s3(&s3, S3_SECRET_KEY)
+        .arg("extract")
+        .arg(&rclip)
+        .arg(&out));
+    assert_same_tree(&out, &src, &exact());
+
+    // The worker's local override: the .rclip's metadata over a local full archive.
+    let local = d.path().join("full.clip");
+    std::fs::copy(&object, &local).unwrap();
+    let gets0 = s3.gets();
+    let out2 = d.path().join("out2");
+    ok(clipctl()
+        .arg("extract")
+        .arg(&rclip)
+        .arg(&out2)
+        .arg("--data-archive")
+        .arg(&local));
+    assert_same_tree(&out2, &src, &exact());
+    assert_eq!(s3.gets(), gets0, "the local override reads nothing from S3");
+}
+
+/// A regular file of 1 byte to 64 KiB below `root`, relative to it.
+fn first_small_file(root: &Path) -> PathBuf {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut ents: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        ents.sort_by_key(|e| e.file_name());
+        for e in ents {
+            let m = e.path().symlink_metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() && (1..=64 << 10).contains(&m.len()) {
+                return e.path().strip_prefix(root).unwrap().to_path_buf();
+            }
+        }
+    }
+    panic!("no small file below {}", root.display())
+}
+
+#[test]
+fn s3_errors_are_clear_and_leave_nothing() {
+    let s3 = S3Server::start();
+    s3.create_bucket("images");
+    let d = tmp("clip-v1-s3err-");
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), compressible_bytes(100 << 10)).unwrap();
+    let work = d.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    // A missing bucket.
+    let rclip = work.join("x.rclip");
+    let err = fails(
+        clipctl_s3(&s3, S3_SECRET_KEY)
+            .arg("archive")
+            .arg(&src)
+            .arg("--out")
+            .arg(&rclip)
+            .args(s3_args(&s3, "s3://no-such-bucket/x.clip")),
+    );
+    assert!(err.contains("no-such-bucket"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&work).unwrap().count(),
+        0,
+        "left files behind"
+    );
+    // Wrong credentials: refused, named, and the secret never shown.
+    let wrong = "wrong-secret-1234567890";
+    let err = fails(
+        clipctl_s3(&s3, wrong)
+            .arg("archive")
+            .arg(&src)
+            .arg("--out")
+            .arg(&rclip)
+            .args(s3_args(&s3, "s3://images/x.clip")),
+    );
+    assert!(err.contains("images") && !err.contains(wrong), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&work).unwrap().count(),
+        0,
+        "left files behind"
+    );
+    // Right credentials, then a read with wrong ones.
+    ok(clipctl_s3(&s3, S3_SECRET_KEY)
+        .arg("archive")
+        .arg(&src)
+        .arg("--out")
+        .arg(&rclip)
+        .args(s3_args(&s3, "s3://images/x.clip")));
+    let err = fails(clipctl_s3(&s3, wrong).arg("cat").arg(&rclip).arg("/f"));
+    assert!(err.contains("images") && !err.contains(wrong), "{err}");
+    // Upload progress through the library: 0 first, 100 last, never backwards.
+    let full = d.path().join("full.clip");
+    clip::pack::pack_dir(&src, &full, &Default::default()).unwrap();
+    let mut seen = Vec::new();
+    clip::pack::upload(
+        &full,
+        &work.join("y.rclip"),
+        &s3.location("images", "y.clip"),
+        &s3.options(),
+        &mut |p| seen.push(p),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!(seen.first(), Some(&0));
+    assert_eq!(seen.last(), Some(&100));
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+}
