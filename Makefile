@@ -51,7 +51,7 @@ bench-abi-c: deps
 	@$(MAKE) --no-print-directory -s install PREFIX=$(CTEST_PREFIX) >/dev/null
 	@./tests/c/run.sh --bench $(CTEST_PREFIX)
 
-# Refreshes the checked-in include/clip.h from src/ffi.rs.
+# Refreshes the checked-in include/clip.h from src/ffi/.
 header:
 	CLIP_UPDATE_HEADER=1 $(CARGO) test --test abi header_is_up_to_date
 

@@ -1,5 +1,5 @@
 //! The C ABI's surface: the checked-in header `include/clip.h` is exactly what
-//! cbindgen generates from `src/ffi.rs` (build.rs writes it to `$OUT_DIR`; `make
+//! cbindgen generates from `src/ffi/` (build.rs writes it to `$OUT_DIR`; `make
 //! header`, i.e. CLIP_UPDATE_HEADER=1, refreshes the checked-in copy) and its version
 //! macros match `Cargo.toml`; the shared library has the SONAME `libclip.so.0` and
 //! exports exactly the `clip_*` functions the header declares, nothing else.
@@ -30,7 +30,7 @@ fn header_is_up_to_date() {
             .position(|(a, b)| a != b)
             .unwrap_or(checked_in.lines().count().min(GENERATED.lines().count()));
         panic!(
-            "{} differs from the header generated from src/ffi.rs, first at line {}:\n  checked in: {:?}\n  generated:  {:?}\nrun `make header` and commit include/clip.h",
+            "{} differs from the header generated from src/ffi/, first at line {}:\n  checked in: {:?}\n  generated:  {:?}\nrun `make header` and commit include/clip.h",
             path.display(),
             first + 1,
             checked_in.lines().nth(first).unwrap_or("<end of file>"),

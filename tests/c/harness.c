@@ -1037,6 +1037,125 @@ static void test_registry_mount(void) {
 
 /* ------------------------------------------------------------------------ */
 
+/* v1 archives: pack a directory, describe it, mount it (also through an options
+ * struct of version 1, allocated at its own size so that ASan and valgrind see
+ * any access past it), write a .rclip for it and mount that with the data
+ * archive on disk; argument and option errors. No S3 request is made here (the
+ * endpoint is a closed port); the Rust and Go tests upload to a real server. */
+static void test_pack(void) {
+    clip_pack_options po;
+    clip_s3_options s3;
+    clip_upload_options uo;
+    clip_mount_options mo, *old;
+    clip_mount *m = NULL;
+    char *full = path_in(work, "packed.clip");
+    char *rclip = path_in(work, "packed.rclip");
+    char *upload_rclip = path_in(work, "upload.rclip");
+    char *mnt = path_in(work, "mnt-v1");
+    char *cache = path_in(work, "cache-v1");
+    char *json;
+    const char *rootfs = env("CLIP_TEST_ROOTFS");
+
+    memset(&po, 0xab, sizeof po);
+    EXPECT_OK(clip_pack_options_init(&po, CLIP_PACK_OPTIONS_VERSION));
+    CHECK(po.version == CLIP_PACK_OPTIONS_VERSION && po.chunk_size == 0 && po.level == 0 && po.threads == 0 &&
+              po.cancel == NULL,
+          "pack defaults");
+    memset(&s3, 0xab, sizeof s3);
+    EXPECT_OK(clip_s3_options_init(&s3, CLIP_S3_OPTIONS_VERSION));
+    CHECK(s3.version == CLIP_S3_OPTIONS_VERSION && s3.bucket == NULL && s3.key == NULL && s3.access_key == NULL &&
+              s3.path_style == 0 && s3.retries == 0 && s3.timeout_ms == 0,
+          "s3 defaults");
+    memset(&uo, 0xab, sizeof uo);
+    EXPECT_OK(clip_upload_options_init(&uo, CLIP_UPLOAD_OPTIONS_VERSION));
+    CHECK(uo.version == CLIP_UPLOAD_OPTIONS_VERSION && uo.progress_cb == NULL && uo.cancel == NULL,
+          "upload defaults");
+    EXPECT_ERR(clip_pack_options_init(&po, 0), CLIP_EVERSION, "clip_pack_options version 0");
+    EXPECT_ERR(clip_s3_options_init(&s3, 9), CLIP_EVERSION, "clip_s3_options version 9");
+    EXPECT_ERR(clip_upload_options_init(NULL, CLIP_UPLOAD_OPTIONS_VERSION), CLIP_EINVALID, "opts");
+
+    EXPECT_ERR(clip_pack_dir(NULL, full, NULL), CLIP_EINVALID, "dir");
+    EXPECT_ERR(clip_pack_dir(rootfs, NULL, NULL), CLIP_EINVALID, "out_path");
+    EXPECT_ERR(clip_pack_dir("/nonexistent/clip-src", full, NULL), CLIP_ENOTFOUND, "/nonexistent/clip-src");
+    CHECK(!exists(full), "nothing at %s after a failed pack", full);
+    po.chunk_size = 1; /* below the minimum */
+    EXPECT_ERR(clip_pack_dir(rootfs, full, &po), CLIP_EINVALID, "chunk");
+    EXPECT_OK(clip_pack_options_init(&po, CLIP_PACK_OPTIONS_VERSION));
+    po.chunk_size = 256 * 1024;
+    EXPECT_OK(clip_pack_dir(rootfs, full, &po));
+    json = info_json(full);
+    CHECK(json && strstr(json, "\"storage_type\":\"local\"") && strstr(json, "\"index_only\":false"),
+          "info of a packed archive: %s", json ? json : last_message());
+    clip_string_free(json);
+
+    /* .rclip: needs a bucket and a key; records the location; no request made. */
+    s3.endpoint = "http://127.0.0.1:1";
+    s3.path_style = 1;
+    EXPECT_ERR(clip_write_remote(full, rclip, NULL), CLIP_EINVALID, "s3");
+    EXPECT_ERR(clip_write_remote(full, rclip, &s3), CLIP_EINVALID, "bucket");
+    s3.bucket = "images";
+    EXPECT_ERR(clip_write_remote(full, rclip, &s3), CLIP_EINVALID, "key");
+    s3.key = "team/packed.clip";
+    s3.access_key = "only-half";
+    EXPECT_ERR(clip_write_remote(full, rclip, &s3), CLIP_EINVALID, "secret_key");
+    s3.access_key = NULL;
+    ensure_v1_archive(); /* an index-only archive has no remote form */
+    EXPECT_ERR(clip_write_remote(v1_archive, rclip, &s3), CLIP_EINVALID, "index-only");
+    EXPECT_OK(clip_write_remote(full, rclip, &s3));
+    json = info_json(rclip);
+    CHECK(json && strstr(json, "\"storage_type\":\"s3\"") && strstr(json, "\"bucket\":\"images\"") &&
+              strstr(json, "\"key\":\"team/packed.clip\""),
+          "info of a .rclip: %s", json ? json : last_message());
+    clip_string_free(json);
+
+    /* An upload to a closed port fails (after its retries) and leaves no .rclip. */
+    s3.retries = 1;
+    s3.timeout_ms = 500;
+    CHECK(clip_upload(full, upload_rclip, &s3, NULL) != CLIP_OK, "upload to a closed port succeeded");
+    CHECK(!exists(upload_rclip), "a failed upload left %s", upload_rclip);
+    EXPECT_ERR(clip_upload(NULL, upload_rclip, &s3, NULL), CLIP_EINVALID, "archive_path");
+    EXPECT_ERR(clip_upload(full, upload_rclip, NULL, NULL), CLIP_EINVALID, "s3");
+
+    if (access("/dev/fuse", R_OK | W_OK) != 0) {
+        CHECK(0, "/dev/fuse is missing or not accessible (%s): the mount tests need it", strerror(errno));
+        goto out;
+    }
+    /* The packed archive, mounted with a version-1 options struct of its own size. */
+    old = malloc(offsetof(clip_mount_options, s3));
+    EXPECT_OK(clip_mount_options_init(old, 1));
+    old->cache_dir = cache;
+    EXPECT_OK(clip_mount_new(&m, full, mnt, old));
+    free(old);
+    if (m) {
+        compare_file(mnt, "etc/hello.txt");
+        compare_file(mnt, "data/random.bin");
+        EXPECT_OK(clip_mount_unmount(m));
+        clip_mount_free(m);
+        m = NULL;
+    }
+    /* The .rclip with the full archive on disk (the Go StorageModeOverride local). */
+    EXPECT_OK(clip_mount_options_init(&mo, CLIP_MOUNT_OPTIONS_VERSION));
+    CHECK(mo.s3 == NULL && mo.data_archive == NULL, "mount v2 defaults");
+    mo.cache_dir = cache;
+    mo.data_archive = full;
+    EXPECT_OK(clip_mount_new(&m, rclip, mnt, &mo));
+    if (m) {
+        compare_file(mnt, "etc/hello.txt");
+        compare_file(mnt, "data/random.bin");
+        EXPECT_OK(clip_mount_unmount(m));
+        clip_mount_free(m);
+        m = NULL;
+    }
+    mo.version = 3;
+    EXPECT_ERR(clip_mount_new(&m, rclip, mnt, &mo), CLIP_EVERSION, "clip_mount_options version 3");
+out:
+    free(full);
+    free(rclip);
+    free(upload_rclip);
+    free(mnt);
+    free(cache);
+}
+
 struct test {
     const char *name;
     void (*fn)(void);
@@ -1057,6 +1176,7 @@ static const struct test tests[] = {
     {"mount", test_mount},
     {"registry_create", test_registry_create},
     {"registry_mount", test_registry_mount},
+    {"pack", test_pack},
 };
 
 int main(int argc, char **argv) {

@@ -52,7 +52,9 @@ with_deadline() {
   local secs=$1; shift
   "$@" &
   local pid=$!
-  ( sleep "$secs"; echo "tests/c: $1 timed out after ${secs}s" >&2; abort_mounts; kill -9 "$pid" ) 2>/dev/null &
+  # The sleep must not hold the caller's stdout: killing the watchdog leaves it
+  # running, and a pipe reader (`make test-c | tail`) would wait for it.
+  ( sleep "$secs" </dev/null >/dev/null 2>&1; echo "tests/c: $1 timed out after ${secs}s" >&2; abort_mounts; kill -9 "$pid" ) 2>/dev/null &
   local dog=$!
   local rc=0
   wait "$pid" || rc=$?

@@ -13,7 +13,9 @@ import (
 )
 
 // ExtractMetadata reads the metadata of the archive at archivePath. Its StorageInfo
-// is a common.OCIStorageInfo value. A file that is not a valid archive gives an
+// is a common.OCIStorageInfo value for an index-only archive, a
+// common.S3StorageInfo value for a v1 .rclip, and nil for a self-contained v1
+// archive. A file that is not a valid archive gives an
 // error matching ErrFormat (ErrVersion for another format version, such as an
 // archive of the Go clip) and common.ErrFileHeaderMismatch.
 func (ca *ClipArchiver) ExtractMetadata(archivePath string) (*common.ClipArchiveMetadata, error) {
@@ -36,5 +38,5 @@ func (ca *ClipArchiver) ExtractMetadata(archivePath string) (*common.ClipArchive
 	if fi, err := os.Stat(archivePath); err == nil {
 		size = fi.Size()
 	}
-	return metadataFromInfo([]byte(C.GoString(doc)), size)
+	return metadataFromInfo([]byte(C.GoString(doc)), archivePath, size)
 }

@@ -5,6 +5,10 @@ static int progress_trampoline(const clip_progress *p, void *payload) {
 	return clipgoProgress((clip_progress *)p, (uintptr_t)payload);
 }
 
+static int upload_progress_trampoline(unsigned int percent, void *payload) {
+	return clipgoUploadProgress(percent, (uintptr_t)payload);
+}
+
 static int credential_trampoline(clip_credential *out, const char *registry,
                                  const char *scope, void *payload) {
 	return clipgoCredential(out, (char *)registry, (char *)scope, (uintptr_t)payload);
@@ -27,4 +31,9 @@ void clipgo_set_credentials(clip_registry_options *opts, uintptr_t handle) {
 void clipgo_set_read_observer(clip_mount_options *opts, uintptr_t handle) {
 	opts->read_observer = read_observer_trampoline;
 	opts->read_observer_payload = (void *)handle;
+}
+
+void clipgo_set_upload_progress(clip_upload_options *opts, uintptr_t handle) {
+	opts->progress_cb = upload_progress_trampoline;
+	opts->progress_payload = (void *)handle;
 }

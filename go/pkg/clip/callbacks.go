@@ -25,6 +25,7 @@ import (
 type callbacks struct {
 	ctx      context.Context
 	progress chan<- OCIIndexProgress
+	upload   chan<- int // upload percent
 	provider common.RegistryCredentialProvider
 	observer common.ReadTraceObserver
 
@@ -68,6 +69,23 @@ func clipgoProgress(p *C.clip_progress, h C.uintptr_t) (rc C.int) {
 		return 0
 	case <-cb.ctx.Done():
 		return 1 // the call returns CLIP_EUSER, which create reports as ctx.Err()
+	}
+}
+
+//export clipgoUploadProgress
+func clipgoUploadProgress(percent C.uint, h C.uintptr_t) (rc C.int) {
+	cb := fromHandle(h)
+	defer func() {
+		if r := recover(); r != nil {
+			cb.recovered(r)
+			rc = 1
+		}
+	}()
+	select {
+	case cb.upload <- int(percent):
+		return 0
+	case <-cb.ctx.Done():
+		return 1 // the call returns CLIP_EUSER, which upload reports as ctx.Err()
 	}
 }
 

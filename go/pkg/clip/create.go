@@ -8,7 +8,6 @@ import "C"
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 
@@ -136,13 +135,7 @@ func create(ctx context.Context, s createSpec) error {
 		})
 	})
 	cb.rethrow()
-	var ce *Error
-	if errors.As(err, &ce) && ctx.Err() != nil && (ce.Code == CodeCanceled || ce.Code == CodeCallback) {
-		// Stopped because ctx is done (by the cancel token, or by a progress send
-		// that gave up): report the context's error.
-		return &Error{Code: CodeCanceled, Message: ce.Message, cause: ctx.Err()}
-	}
-	return err
+	return contextError(ctx, err)
 }
 
 // withCancel runs f with a cancel token that is cancelled when ctx is done. The

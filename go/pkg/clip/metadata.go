@@ -12,10 +12,17 @@ import (
 // archiveInfo is the JSON document the C ABI describes an archive with
 // (clip::archive::Info).
 type archiveInfo struct {
-	FormatVersion  int    `json:"format_version"`
-	CreatedBy      string `json:"created_by"`
-	Source         string `json:"source"`
-	StorageType    string `json:"storage_type"`
+	FormatVersion int    `json:"format_version"`
+	CreatedBy     string `json:"created_by"`
+	Source        string `json:"source"`
+	StorageType   string `json:"storage_type"` // "oci", "local" (v1) or "s3" (v1 .rclip)
+	S3            struct {
+		Bucket    string `json:"bucket"`
+		Key       string `json:"key"`
+		Region    string `json:"region"`
+		Endpoint  string `json:"endpoint"`
+		PathStyle bool   `json:"path_style"`
+	} `json:"s3"`
 	Registry       string `json:"registry"`
 	Repository     string `json:"repository"`
 	Reference      string `json:"reference"`
@@ -52,10 +59,30 @@ type archiveInfo struct {
 
 // metadataFromInfo converts the C ABI's archive description into the metadata
 // value the Go clip returned.
-func metadataFromInfo(doc []byte, size int64) (*common.ClipArchiveMetadata, error) {
+func metadataFromInfo(doc []byte, path string, size int64) (*common.ClipArchiveMetadata, error) {
 	var in archiveInfo
 	if err := json.Unmarshal(doc, &in); err != nil {
 		return nil, fmt.Errorf("clip: archive description: %w", err)
+	}
+	header := common.ClipArchiveHeader{
+		FormatVersion: in.FormatVersion,
+		CreatedBy:     in.CreatedBy,
+		Source:        in.Source,
+		ArchiveSize:   size,
+		Path:          path,
+	}
+	switch in.StorageType {
+	case string(common.StorageModeLocal):
+		// A self-contained v1 archive: the Go clip gave no storage info.
+		return &common.ClipArchiveMetadata{Header: header}, nil
+	case string(common.StorageModeS3):
+		return &common.ClipArchiveMetadata{Header: header, StorageInfo: common.S3StorageInfo{
+			Bucket:         in.S3.Bucket,
+			Region:         in.S3.Region,
+			Key:            in.S3.Key,
+			Endpoint:       in.S3.Endpoint,
+			ForcePathStyle: in.S3.PathStyle,
+		}}, nil
 	}
 	layers := make([]string, len(in.Layers))
 	hashes := make(map[string]string, len(in.Layers))
@@ -88,12 +115,7 @@ func metadataFromInfo(doc []byte, size int64) (*common.ClipArchiveMetadata, erro
 		LayersData:   layerData,
 	}
 	return &common.ClipArchiveMetadata{
-		Header: common.ClipArchiveHeader{
-			FormatVersion: in.FormatVersion,
-			CreatedBy:     in.CreatedBy,
-			Source:        in.Source,
-			ArchiveSize:   size,
-		},
+		Header: header,
 		StorageInfo: common.OCIStorageInfo{
 			RegistryURL:             in.Registry,
 			Repository:              in.Repository,

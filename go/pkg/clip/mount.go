@@ -8,7 +8,10 @@ import "C"
 
 import (
 	"context"
+	"os"
 	"runtime/cgo"
+
+	"github.com/beam-cloud/clip/go/pkg/common"
 	"sync"
 )
 
@@ -26,7 +29,9 @@ type Server struct {
 
 // MountArchive mounts the archive at ArchivePath read-only at MountPoint (created
 // if missing). When it returns without error the mount is live; file bytes are
-// fetched lazily from the registry the archive records (or LocalLayoutPath).
+// fetched lazily: for an index-only archive from the registry it records (or
+// LocalLayoutPath), for a v1 .rclip from its S3 object (or StorageInfo's, with
+// Credentials), for a self-contained v1 archive from the file itself.
 //
 // It returns, as the Go clip did: start, which returns nil at once and watches the
 // mount in a goroutine; a channel, buffered(1), that is closed once the mount is
@@ -46,8 +51,34 @@ func MountArchive(options MountOptions) (func() error, <-chan error, *Server, er
 	if err := call(func() C.int { return C.clip_mount_options_init(opts, C.CLIP_MOUNT_OPTIONS_VERSION) }); err != nil {
 		return nil, nil, nil, err
 	}
-	opts.cache_dir = cs.str(options.CachePath)
 	opts.layout = cs.str(options.LocalLayoutPath)
+	meta := options.Metadata
+	if meta == nil {
+		m, err := NewClipArchiver().ExtractMetadata(options.ArchivePath)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		meta = m
+	}
+	archivePath := options.ArchivePath
+	switch mode := storageMode(meta); {
+	case mode == common.StorageModeOCI:
+		opts.cache_dir = cs.str(options.CachePath)
+	case options.StorageModeOverride == common.StorageModeLocal:
+		// The worker restored the full .clip of a .rclip: the tree comes from the
+		// archive Metadata was read from, the data from ArchivePath.
+		if p := meta.Header.Path; p != "" && fileExists(p) {
+			archivePath = p
+		}
+		opts.data_archive = cs.bytes(options.ArchivePath)
+	case mode == common.StorageModeS3:
+		s3, err := s3Options(&cs, s3Info(options.StorageInfo), options.Credentials)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		defer cFree(s3)
+		opts.s3 = s3
+	}
 
 	s := &Server{mountPoint: options.MountPoint, errs: make(chan error, 1)}
 	provider := providerOf(options.RegistryCredProvider)
@@ -70,13 +101,27 @@ func MountArchive(options MountOptions) (func() error, <-chan error, *Server, er
 		}
 	}
 	err := call(func() C.int {
-		return C.clip_mount_new(&s.mount, cs.bytes(options.ArchivePath), cs.bytes(options.MountPoint), opts)
+		return C.clip_mount_new(&s.mount, cs.bytes(archivePath), cs.bytes(options.MountPoint), opts)
 	})
 	if err != nil {
 		s.release()
 		return nil, nil, nil, err
 	}
 	return s.start, s.errs, s, nil
+}
+
+// storageMode is where a mount of the archive meta describes reads file bytes from.
+func storageMode(meta *common.ClipArchiveMetadata) common.StorageMode {
+	t := storageType(meta.StorageInfo)
+	if t == "" {
+		return common.StorageModeLocal
+	}
+	return common.StorageMode(t)
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // MountPoint returns where the archive is mounted.

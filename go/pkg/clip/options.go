@@ -15,14 +15,18 @@ type MountOptions struct {
 	Context context.Context
 	// ArchivePath is the .clip archive to mount.
 	ArchivePath string
-	// Metadata is what ExtractMetadata returned for ArchivePath. It may be nil;
-	// MountArchive reads the archive either way (the Rust side maps it, which costs
-	// less than converting the Go value back).
+	// Metadata is what ExtractMetadata returned for ArchivePath (or, with
+	// StorageModeOverride, for its .rclip). It may be nil: it is then read from
+	// ArchivePath. Only its storage kind and Header.Path are used; the tree is read
+	// by libclip from the archive file.
 	Metadata *common.ClipArchiveMetadata
 	// MountPoint is created if missing.
 	MountPoint string
-	// CachePath is the span cache directory, shared by mounts and processes
-	// ("" = clip's default: $CLIP_CACHE_DIR, else ~/.cache/clip).
+	// CachePath is, for an index-only (OCI) archive, the span cache directory,
+	// shared by mounts and processes ("" = clip's default: $CLIP_CACHE_DIR, else
+	// ~/.cache/clip). For a v1 archive the worker passes a file path here (the Go
+	// clip's local copy of the data): it is not used, and v1 mounts use clip's
+	// default cache directory.
 	CachePath string
 	// RegistryCredProvider, if it is a common.RegistryCredentialProvider, is asked
 	// for credentials when layer bytes are fetched from the registry.
@@ -33,13 +37,22 @@ type MountOptions struct {
 	// of the registry the archive names (an addition of this package).
 	LocalLayoutPath string
 
-	// Accepted, not used: content caches, v1 S3 archives and preparation are not
-	// served by this package (see docs/GO.md). Checkpoints are always used.
+	// StorageInfo, for a v1 .rclip, names the S3 object to read the data from
+	// instead of the one the archive records (a *common.S3StorageInfo or a
+	// common.S3StorageInfo; other values are ignored, as by the Go clip).
+	StorageInfo common.ClipStorageInfo
+	// Credentials are the S3 credentials of a v1 .rclip mount; a nil S3 means the
+	// standard AWS_* variables.
+	Credentials storage.ClipStorageCredentials
+	// StorageModeOverride == common.StorageModeLocal mounts a v1 archive from the
+	// full .clip at ArchivePath, Metadata being that of its .rclip (or nil): no S3
+	// request is made.
+	StorageModeOverride common.StorageMode
+
+	// Accepted, not used: content caches and preparation are not served by this
+	// package (see docs/GO.md). Checkpoints are always used.
 	ContentCache          storage.ContentCache
 	ContentCacheAvailable bool
-	StorageModeOverride   common.StorageMode
-	StorageInfo           common.ClipStorageInfo
-	Credentials           storage.ClipStorageCredentials
 	UseCheckpoints        bool
 	PrepareConcurrency    int
 	PrepareProgress       func(storage.PrepareProgress)
@@ -112,7 +125,42 @@ type OCIIndexProgress struct {
 	CompressedBytesProcessed, CompressedBytesTotal int64
 }
 
-// ClipArchiver reads archive metadata.
+// CreateOptions configures CreateArchive and CreateAndUploadArchive.
+type CreateOptions struct {
+	// InputPath is the directory tree to archive (a umoci bundle: the whole tree
+	// is archived).
+	InputPath string
+	// OutputPath receives the archive: the self-contained .clip (CreateArchive),
+	// or the metadata-only .rclip (CreateAndUploadArchive). Written atomically.
+	OutputPath string
+	// Credentials are the S3 credentials of CreateAndUploadArchive; a nil S3 means
+	// the standard AWS_* variables.
+	Credentials storage.ClipStorageCredentials
+	// ProgressChan, if set, receives CreateAndUploadArchive's upload progress in
+	// percent (0 to 100, repeats possible). Sends block (they give up when ctx is
+	// done); the channel is never closed by this package and nothing is sent
+	// after the call returns.
+	ProgressChan chan<- int
+	// ContentCache is accepted, not used (see docs/GO.md).
+	ContentCache storage.ContentCache
+}
+
+// ClipArchiverOptions configures ClipArchiver.Create.
+type ClipArchiverOptions struct {
+	// SourcePath is the directory tree to archive.
+	SourcePath string
+	// OutputFile receives the self-contained .clip (OutputPath if empty).
+	OutputFile string
+	// Accepted, not used: archives are always compressed; ArchivePath and
+	// OutputPath served extraction in the Go clip (OutputPath is Create's output
+	// when OutputFile is empty).
+	Compress     bool
+	ArchivePath  string
+	OutputPath   string
+	ContentCache storage.ContentCache
+}
+
+// ClipArchiver reads archive metadata and writes v1 archives.
 type ClipArchiver struct{}
 
 // NewClipArchiver returns a ClipArchiver.

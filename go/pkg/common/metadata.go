@@ -13,7 +13,9 @@ var ErrFileHeaderMismatch = errors.New("unexpected file header")
 // StorageMode names where a mounted archive reads file bytes from.
 type StorageMode string
 
-// Storage modes. Archives written by this library are always StorageModeOCI.
+// Storage modes: StorageModeOCI for index-only archives (CreateFromOCIImage),
+// StorageModeLocal for self-contained v1 archives (CreateArchive), StorageModeS3 for
+// metadata-only v1 archives whose data is an object in S3 (CreateAndUploadArchive).
 const (
 	StorageModeLocal StorageMode = "local"
 	StorageModeS3    StorageMode = "s3"
@@ -23,8 +25,11 @@ const (
 // ClipArchiveMetadata is what ExtractMetadata reads from an archive. It is handed
 // back to MountArchive as MountOptions.Metadata.
 type ClipArchiveMetadata struct {
-	Header      ClipArchiveHeader
-	StorageInfo ClipStorageInfo // an OCIStorageInfo value for archives of this library
+	Header ClipArchiveHeader
+	// StorageInfo says where file bytes come from: an OCIStorageInfo value for an
+	// index-only archive, an S3StorageInfo value for a .rclip, nil for a
+	// self-contained v1 archive (its data is in the file).
+	StorageInfo ClipStorageInfo
 }
 
 // ClipArchiveHeader describes the archive file itself.
@@ -33,6 +38,9 @@ type ClipArchiveHeader struct {
 	CreatedBy     string // the library version that wrote it ("clip 0.1.0")
 	Source        string // where the image was read from when indexing
 	ArchiveSize   int64  // bytes
+	// Path is the file ExtractMetadata read; CreateRemoteArchive and MountArchive
+	// (with StorageModeOverride) read the archive's tree from it.
+	Path string
 }
 
 // ClipStorageInfo describes where a mount fetches layer bytes from.
@@ -41,8 +49,10 @@ type ClipStorageInfo interface {
 	Encode() ([]byte, error)
 }
 
-// S3StorageInfo is the storage info of v1 archives kept in S3. Archives of this
-// library never carry it; the type exists so that code naming it compiles.
+// S3StorageInfo names the S3 object holding the data of a v1 archive: the
+// storage info of a .rclip, and the target of CreateAndUploadArchive. Its methods
+// have value receivers: both S3StorageInfo and *S3StorageInfo satisfy
+// ClipStorageInfo.
 type S3StorageInfo struct {
 	Bucket         string
 	Region         string

@@ -66,12 +66,17 @@ type LayerIndexCache interface {
 	PutLayerIndex(ctx context.Context, key string, data []byte) error
 }
 
-// ClipStorageCredentials are credentials for v1 S3 storage.
+// ClipStorageCredentials are credentials for v1 S3 storage (uploads and mounts of
+// .rclip archives).
 type ClipStorageCredentials struct {
+	// S3 is the access key pair; nil (or a pair with an empty key) means the
+	// standard AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN
+	// variables.
 	S3 *S3ClipStorageCredentials
 }
 
-// S3ClipStorageCredentials are an S3 access key pair.
+// S3ClipStorageCredentials are an S3 access key pair. They are handed to libclip
+// for the call (or the mount) and never logged.
 type S3ClipStorageCredentials struct {
 	AccessKey string
 	SecretKey string

@@ -1,0 +1,247 @@
+//! Creating index-only archives (`clip_index_layout`, `clip_create_from_image`)
+//! and their options and progress callback.
+
+use std::ffi::{c_char, c_int, c_uint, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::create::{CreateOptions, Progress, Stage};
+use crate::oci::Platform;
+
+// ---------------------------------------------------------------------------
+// Creating archives
+// ---------------------------------------------------------------------------
+
+/// One progress event of `clip_index_layout` / `clip_create_from_image`. Fields may
+/// be appended in later versions; never copy the struct by value into storage
+/// that outlives the callback.
+#[repr(C)]
+pub struct clip_progress {
+    /// `CLIP_STAGE_STARTING`, `CLIP_STAGE_PROGRESS` or `CLIP_STAGE_COMPLETED`.
+    pub stage: c_uint,
+    /// 1-based index of the layer, bottom first.
+    pub layer_index: usize,
+    /// Number of layers of the image.
+    pub layer_count: usize,
+    /// The layer's digest (`sha256:...`).
+    pub layer_digest: *const c_char,
+    /// Compressed bytes of the layer read so far.
+    pub compressed_done: u64,
+    /// Compressed size of the layer.
+    pub compressed_total: u64,
+    /// Uncompressed bytes of the layer so far (its uncompressed size once completed).
+    pub uncompressed_done: u64,
+    /// Layers completed so far (set on `CLIP_STAGE_COMPLETED`).
+    pub completed_layers: usize,
+    /// Files in the layer (set on `CLIP_STAGE_COMPLETED`).
+    pub files: usize,
+    /// Where the layer's bytes come from: `"registry"` or `"local-layout"`.
+    pub source: *const c_char,
+}
+
+/// Told of indexing progress. For each layer the events come in order: one
+/// `STARTING`, any number of `PROGRESS`, one `COMPLETED`; layers are indexed in
+/// parallel, so events of different layers interleave.
+///
+/// Return 0 to go on; any other value stops the call, which returns `CLIP_EUSER`
+/// (the call's cancel token, if any, is left alone).
+///
+/// Thread-safety: called from indexing threads, never concurrently for one call.
+/// `progress` and its strings are valid only during the callback.
+pub type clip_progress_cb =
+    Option<unsafe extern "C" fn(progress: *const clip_progress, payload: *mut c_void) -> c_int>;
+
+/// Options of `clip_index_layout` and `clip_create_from_image`. Initialise with
+/// `clip_create_options_init`; NULL options mean the defaults.
+#[repr(C)]
+pub struct clip_create_options {
+    /// `CLIP_CREATE_OPTIONS_VERSION`.
+    pub version: c_uint,
+    /// A registry image reference (`host/repo[:tag]`) to record in the archive as
+    /// where a mount fetches the layers from (the manifest digest is recorded as
+    /// its reference); NULL to record none.
+    pub storage_ref: *const c_char,
+    /// Platform to pick from a multi-platform image, `os/arch[/variant]`; NULL for
+    /// this host's.
+    pub platform: *const c_char,
+    /// Uncompressed bytes between checkpoints (a span); 0 for the default (2 MiB).
+    /// Must lie within 64 KiB and 256 MiB.
+    pub span_size: u64,
+    /// Layers indexed at once; 0 for the number of CPUs.
+    pub concurrency: c_uint,
+    /// Told of progress; NULL for none.
+    pub progress_cb: clip_progress_cb,
+    /// Handed to `progress_cb`.
+    pub progress_payload: *mut c_void,
+    /// How to reach registries; NULL for the defaults. Read during the call only.
+    pub registry: *const clip_registry_options,
+    /// Cancels the call when cancelled; NULL for none.
+    pub cancel: *const clip_cancel,
+}
+
+/// Fills `opts` with the defaults of `version` (pass `CLIP_CREATE_OPTIONS_VERSION`).
+///
+/// Returns: 0; `CLIP_EINVALID` if `opts` is NULL; `CLIP_EVERSION` for a version
+/// this library does not know.
+#[unsafe(no_mangle)]
+pub extern "C" fn clip_create_options_init(
+    opts: *mut clip_create_options,
+    version: c_uint,
+) -> c_int {
+    boundary("clip_create_options_init", || {
+        check_version("clip_create_options", version, CLIP_CREATE_OPTIONS_VERSION)?;
+        let o = c_out_struct(opts, "opts")?;
+        write_struct(
+            o,
+            clip_create_options {
+                version,
+                storage_ref: std::ptr::null(),
+                platform: std::ptr::null(),
+                span_size: 0,
+                concurrency: 0,
+                progress_cb: None,
+                progress_payload: std::ptr::null_mut(),
+                registry: std::ptr::null(),
+                cancel: std::ptr::null(),
+            },
+        );
+        Ok(())
+    })
+}
+
+/// Calls a C progress callback, one event at a time.
+struct ProgressCallback {
+    cb: unsafe extern "C" fn(*const clip_progress, *mut c_void) -> c_int,
+    payload: Payload,
+    lock: Mutex<()>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl ProgressCallback {
+    /// Tells the callback; false once it asked to stop.
+    fn tell(&self, p: &Progress) -> bool {
+        let digest = callback_string(p.layer_digest.as_bytes());
+        let source = callback_string(p.source.as_bytes());
+        let event = clip_progress {
+            stage: match p.stage {
+                Stage::Starting => CLIP_STAGE_STARTING,
+                Stage::Progress => CLIP_STAGE_PROGRESS,
+                Stage::Completed => CLIP_STAGE_COMPLETED,
+            },
+            layer_index: p.layer_index,
+            layer_count: p.total_layers,
+            layer_digest: digest.as_ptr(),
+            compressed_done: p.compressed_done,
+            compressed_total: p.compressed_total,
+            uncompressed_done: p.uncompressed_done,
+            completed_layers: p.completed_layers,
+            files: p.files,
+            source: source.as_ptr(),
+        };
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.stopped.load(Ordering::SeqCst) {
+            return false;
+        }
+        // SAFETY: the header documents the callback's contract; `event` and its
+        // strings live until the callback returns.
+        let rc = unsafe { (self.cb)(&event, self.payload.get()) };
+        if rc != 0 {
+            self.stopped.store(true, Ordering::SeqCst);
+        }
+        rc == 0
+    }
+}
+
+/// The Rust options of a create call, and the flag that says a callback stopped it.
+fn create_options(p: *const clip_create_options) -> FfiResult<(CreateOptions, Arc<AtomicBool>)> {
+    let stopped = Arc::new(AtomicBool::new(false));
+    let mut o = CreateOptions::default();
+    if p.is_null() {
+        return Ok((o, stopped));
+    }
+    let c = c_ref(p, "opts")?;
+    check_version(
+        "clip_create_options",
+        c.version,
+        CLIP_CREATE_OPTIONS_VERSION,
+    )?;
+    o.storage_ref = c_str_opt(c.storage_ref, "opts->storage_ref")?.map(str::to_owned);
+    o.platform = c_str_opt(c.platform, "opts->platform")?
+        .map(Platform::parse)
+        .transpose()?;
+    if c.span_size != 0 {
+        o.span_size = c.span_size;
+    }
+    o.concurrency = c.concurrency as usize;
+    if !c.cancel.is_null() {
+        o.cancel = c_ref(c.cancel, "opts->cancel")?.flag.clone();
+    }
+    o.registry = registry_options(c.registry, &stopped)?;
+    if let Some(cb) = c.progress_cb {
+        let pc = ProgressCallback {
+            cb,
+            payload: Payload(c.progress_payload),
+            lock: Mutex::new(()),
+            stopped: stopped.clone(),
+        };
+        o.progress = Some(Arc::new(move |p: &Progress| pc.tell(p)));
+    }
+    Ok((o, stopped))
+}
+
+/// Indexes the image `tag` of the OCI image layout at `layout_dir` into an
+/// index-only archive at `out_path` (written atomically: on any failure, including
+/// cancellation, nothing is left at `out_path`).
+///
+/// `tag` is the `org.opencontainers.image.ref.name` of the image, or NULL if the
+/// layout holds exactly one image. Paths are byte strings; `tag` must be UTF-8.
+///
+/// Returns: 0; `CLIP_EINVALID` for a NULL or invalid argument or option;
+/// `CLIP_EVERSION` for a bad options version; `CLIP_ENOTFOUND` for a missing
+/// layout, tag or blob (the message names it); `CLIP_EFORMAT` for malformed
+/// layout data; `CLIP_ECANCELED` if `opts->cancel` was cancelled; `CLIP_EUSER`
+/// if a callback stopped it; other codes as their names say.
+/// Thread-safety: blocks the calling thread; any number of calls may run at once.
+#[unsafe(no_mangle)]
+pub extern "C" fn clip_index_layout(
+    layout_dir: *const c_char,
+    tag: *const c_char,
+    out_path: *const c_char,
+    opts: *const clip_create_options,
+) -> c_int {
+    boundary("clip_index_layout", || {
+        crate::log::init();
+        let layout_dir = c_path(layout_dir, "layout_dir")?;
+        let tag = c_str_opt(tag, "tag")?;
+        let out_path = c_path(out_path, "out_path")?;
+        let (o, stopped) = create_options(opts)?;
+        let r = crate::create::index_layout(layout_dir, tag, out_path, &o);
+        stopped_by_callback(r, &stopped).map(drop)
+    })
+}
+
+/// Indexes the image `image_ref` names into an index-only archive at `out_path`
+/// (written atomically, as by `clip_index_layout`).
+///
+/// `image_ref` is a registry reference (`registry.example.com/repo:tag`,
+/// `repo@sha256:...`, Docker Hub short names) or `oci:/path/to/layout[:tag]`.
+///
+/// Returns: as `clip_index_layout`; also `CLIP_EAUTH` when the registry refuses
+/// the credentials or wants some.
+/// Thread-safety: as `clip_index_layout`.
+#[unsafe(no_mangle)]
+pub extern "C" fn clip_create_from_image(
+    image_ref: *const c_char,
+    out_path: *const c_char,
+    opts: *const clip_create_options,
+) -> c_int {
+    boundary("clip_create_from_image", || {
+        crate::log::init();
+        let image_ref = c_str(image_ref, "image_ref")?;
+        let out_path = c_path(out_path, "out_path")?;
+        let (o, stopped) = create_options(opts)?;
+        let r = crate::create::create_from_image(image_ref, out_path, &o);
+        stopped_by_callback(r, &stopped).map(drop)
+    })
+}
