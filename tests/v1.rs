@@ -302,7 +302,11 @@ fn assert_empty(dir: &Path) {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert!(left.is_empty(), "left files behind in {}: {left:?}", dir.display());
+    assert!(
+        left.is_empty(),
+        "left files behind in {}: {left:?}",
+        dir.display()
+    );
 }
 
 /// The file offset of chunk `k`'s frame in the archive.
