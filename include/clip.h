@@ -419,7 +419,7 @@ typedef struct clip_pack_options {
    */
   int level;
   /**
-   * Threads compressing chunks; 0 for the number of CPUs.
+   * Threads compressing chunks; 0 for one more than the number of CPUs.
    */
   unsigned int threads;
   /**

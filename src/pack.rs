@@ -57,7 +57,7 @@ pub struct PackOptions {
     pub chunk_size: u64,
     /// zstd level (default [`DEFAULT_LEVEL`]).
     pub level: i32,
-    /// Compression threads (0: the number of CPUs).
+    /// Compression threads (0: one more than the number of CPUs).
     pub threads: usize,
     /// Set to true to cancel.
     pub cancel: Arc<AtomicBool>,
@@ -765,8 +765,11 @@ fn with_data_writer<T, X>(
     opts: &PackOptions,
     fill: impl FnOnce(&mut DataWriter<'_>) -> Result<(T, X)>,
 ) -> Result<(T, Written, X)> {
+    // One compressor more than there are cores: the walker and the writer are
+    // mostly waiting for I/O or a queue, and an idle core then still compresses
+    // (measured on 2 cores: 1.49 s with 3 compressors against 1.75 s with 2).
     let threads = match opts.threads {
-        0 => std::thread::available_parallelism().map_or(2, |p| p.get()),
+        0 => std::thread::available_parallelism().map_or(2, |p| p.get()) + 1,
         t => t,
     };
     let chunk_size = opts.chunk_size as usize;
@@ -775,11 +778,11 @@ fn with_data_writer<T, X>(
     // Queues a few chunks deep on both sides, so that neither single-threaded end
     // (the walker, the writer) stalls the compressors when it is descheduled:
     // measured at 0.65 busy cores of 2 with queues of 2 and 4 chunks.
-    let (to_workers, from_walker) = sync_channel::<(u64, Vec<u8>)>(threads * 3);
+    let (to_workers, from_walker) = sync_channel::<(u64, Vec<u8>)>(threads * 2);
     // Only the workers hold the receiving end, so if they all stop (the writer
     // failed) the walker's next send fails instead of blocking.
     let from_walker = Arc::new(Mutex::new(from_walker));
-    let (to_writer, from_workers) = sync_channel::<Frame>(threads * 3);
+    let (to_writer, from_workers) = sync_channel::<Frame>(threads * 2);
     let failed = AtomicBool::new(false);
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
@@ -923,7 +926,7 @@ fn write_frames(
             out_off += raw.len() as u64;
             next += 1;
             let mut spare = spare.lock().expect("spare lock");
-            if spare.len() < 8 {
+            if spare.len() < 4 {
                 spare.push(raw);
             }
         }

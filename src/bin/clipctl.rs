@@ -88,7 +88,7 @@ enum Cmd {
         /// zstd level of the chunks (1..=19).
         #[arg(long, default_value_t = clip::pack::DEFAULT_LEVEL)]
         level: i32,
-        /// Compression threads (default: number of CPUs).
+        /// Compression threads (default: one more than the number of CPUs).
         #[arg(long, default_value_t = 0)]
         threads: usize,
         /// Platform to pick from a multi-platform image (os/arch[/variant]).

@@ -22,7 +22,7 @@ pub struct clip_pack_options {
     pub chunk_size: u64,
     /// zstd compression level, 1 to 19; 0 for the default (3).
     pub level: c_int,
-    /// Threads compressing chunks; 0 for the number of CPUs.
+    /// Threads compressing chunks; 0 for one more than the number of CPUs.
     pub threads: c_uint,
     /// Cancels the call when cancelled; NULL for none.
     pub cancel: *const clip_cancel,
