@@ -314,8 +314,16 @@ impl Store {
             }
             return done.as_ref().expect("set").clone().map_err(Error::Format);
         }
-        self.counters.fetches.fetch_add(1, Ordering::Relaxed);
-        let r = self.fetch_to_file(layer, k, &hash);
+        // Another fetch of this span (a reader's, or a read-ahead started before
+        // the span was cached) may have finished between the caller's look at the
+        // cache and this flight: look again before fetching.
+        let r = match self.cached_file(&hash) {
+            Ok(Some(_)) => Ok(None),
+            _ => {
+                self.counters.fetches.fetch_add(1, Ordering::Relaxed);
+                self.fetch_to_file(layer, k, &hash)
+            }
+        };
         *flight.done.lock().expect("flight lock") =
             Some(r.as_ref().map(Clone::clone).map_err(|e| e.to_string()));
         flight.cv.notify_all();
