@@ -947,13 +947,14 @@ fn write_frames(
 /// Uploads the full v1 archive at `archive` to `loc` and then writes the
 /// metadata-only `.rclip` naming it to `rclip_out` (atomically), so a `.rclip`
 /// never names an object that is not there. `progress` gets the upload percent,
-/// from 0 to 100.
+/// from 0 to 100; returning false stops the upload ([`Error::Canceled`]), as
+/// `cancel` does (a false on 100, once the object is stored, comes too late).
 pub fn upload(
     archive: &Path,
     rclip_out: &Path,
     loc: &S3Location,
     s3: &S3Options,
-    progress: &mut dyn FnMut(u8),
+    progress: &mut dyn FnMut(u8) -> bool,
     cancel: &AtomicBool,
 ) -> Result<()> {
     let a = archive::read(archive)?;
@@ -964,24 +965,21 @@ pub fn upload(
             a.storage_kind()
         )));
     }
-    progress(0);
-    let mut last = 0u8;
+    let mut last = None;
     crate::s3::upload_file(
         archive,
         loc,
         s3,
         &mut |done, total| {
             let p = (done.saturating_mul(100) / total.max(1)).min(100) as u8;
-            if p != last {
-                last = p;
-                progress(p);
+            if last == Some(p) {
+                return true;
             }
+            last = Some(p);
+            progress(p)
         },
         cancel,
     )?;
-    if last != 100 {
-        progress(100);
-    }
     remote_of(&a, loc, rclip_out)
 }
 

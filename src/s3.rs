@@ -676,15 +676,16 @@ impl Read for S3Reader<'_> {
 /// once, each retried per [`S3Options::retries`]).
 ///
 /// `progress(done, total)` is called with bytes uploaded as parts complete, the last
-/// call being `(total, total)` once the object exists. `cancel` is checked between
-/// parts ([`Error::Canceled`]). On failure or cancel the parts in flight are let
+/// call being `(total, total)` once the object exists; returning false stops the
+/// upload like `cancel` (a false on that last call comes too late). `cancel` is
+/// checked between parts ([`Error::Canceled`]). On failure or cancel the parts in flight are let
 /// finish and the multipart upload is aborted: the object appears whole or not at
 /// all (a previous object under the key stays).
 pub fn upload_file(
     path: &Path,
     loc: &S3Location,
     opts: &S3Options,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &mut dyn FnMut(u64, u64) -> bool,
     cancel: &AtomicBool,
 ) -> Result<()> {
     let client = Client::new(loc, opts)?;
@@ -694,7 +695,9 @@ pub fn upload_file(
         return Err(Error::Canceled);
     }
     let rt = runtime()?;
-    progress(0, total);
+    if !progress(0, total) {
+        return Err(Error::Canceled);
+    }
     if total <= SINGLE_PUT_MAX {
         tracing::debug!(url = %client.url, endpoint = %client.endpoint, total, "s3 put");
         let mut data = Vec::with_capacity(total as usize);
@@ -708,7 +711,8 @@ pub fn upload_file(
         }
         rt.block_on(client.store.put(&client.path, PutPayload::from(data)))
             .map_err(|e| client.error(e))?;
-        progress(total, total);
+        // The object is stored: a stop now comes too late.
+        let _ = progress(total, total);
         return Ok(());
     }
     let part_size = PART_SIZE.max(total.div_ceil(MAX_PARTS).div_ceil(1 << 20) << 20);
@@ -741,8 +745,8 @@ pub fn upload_file(
                     None => break,
                     Some(Ok(Ok(len))) => {
                         done += len;
-                        if done < total {
-                            progress(done, total);
+                        if done < total && !progress(done, total) {
+                            return Err(Error::Canceled);
                         }
                     }
                     Some(Ok(Err(e))) => return Err(client.error(e)),
@@ -777,7 +781,7 @@ pub fn upload_file(
         }
         sent
     })?;
-    progress(total, total);
+    let _ = progress(total, total);
     Ok(())
 }
 

@@ -33,7 +33,10 @@ fn upload(path: &Path, loc: &S3Location, opts: &S3Options) -> clip::Result<Vec<(
         path,
         loc,
         opts,
-        &mut |d, t| calls.push((d, t)),
+        &mut |d, t| {
+            calls.push((d, t));
+            true
+        },
         &AtomicBool::new(false),
     )?;
     Ok(calls)
@@ -295,6 +298,7 @@ fn cancelled_multipart_upload_leaves_nothing() {
             if d > 0 {
                 cancel.store(true, Ordering::Relaxed);
             }
+            true
         },
         &cancel,
     )
@@ -333,7 +337,7 @@ fn cancelled_multipart_upload_leaves_nothing() {
     // Cancelled before starting: nothing is sent.
     let before = s.operations().len();
     cancel.store(true, Ordering::Relaxed);
-    let e = upload_file(&path, &loc, &s.options(), &mut |_, _| {}, &cancel).unwrap_err();
+    let e = upload_file(&path, &loc, &s.options(), &mut |_, _| true, &cancel).unwrap_err();
     assert!(matches!(e, Error::Canceled), "{e}");
     assert_eq!(s.operations().len(), before);
 }
@@ -487,4 +491,18 @@ fn env_credentials_child() {
             println!("CHILD AUTH");
         }
     }
+}
+
+#[test]
+fn a_progress_stop_ends_the_upload_like_a_cancel() {
+    let s = server();
+    let dir = tmp("clip-s3-data-");
+    let path = write(dir.path(), "big", &pseudo_random_bytes(10, 40 << 20));
+    let loc = s.location(BUCKET, "stopped.clip");
+    let never = AtomicBool::new(false);
+    let e = upload_file(&path, &loc, &s.options(), &mut |d, _| d == 0, &never).unwrap_err();
+    assert!(matches!(e, Error::Canceled), "{e}");
+    assert_eq!(s.count("s3_CompleteMultipartUpload"), 0);
+    let e = S3Source::open(&loc, &s.options(), 0, None).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound, "{e}");
 }

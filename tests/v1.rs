@@ -612,7 +612,10 @@ fn s3_errors_are_clear_and_leave_nothing() {
         &work.join("y.rclip"),
         &s3.location("images", "y.clip"),
         &s3.options(),
-        &mut |p| seen.push(p),
+        &mut |p| {
+            seen.push(p);
+            true
+        },
         &AtomicBool::new(false),
     )
     .unwrap();

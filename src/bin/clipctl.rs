@@ -867,6 +867,7 @@ fn archive_cmd(c: ArchiveCmd) -> Result<()> {
                         eprintln!();
                     }
                 }
+                true
             },
             &cancel,
         )?;

@@ -207,31 +207,6 @@ pub extern "C" fn clip_upload_options_init(
     })
 }
 
-/// Runs `f` with one flag that is set when either `caller` (the caller's
-/// cancel token) or `f`'s own stop (set through the flag by `f`) asks: the
-/// caller's token is watched from a helper thread, and never set by us.
-fn with_stop_flag<R>(caller: Option<&AtomicBool>, f: impl FnOnce(&AtomicBool) -> R) -> R {
-    let stop = AtomicBool::new(false);
-    let Some(caller) = caller else {
-        return f(&stop);
-    };
-    let done = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            while !done.load(Ordering::SeqCst) {
-                if caller.load(Ordering::SeqCst) {
-                    stop.store(true, Ordering::SeqCst);
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        let r = f(&stop);
-        done.store(true, Ordering::SeqCst);
-        r
-    })
-}
-
 /// Uploads the archive at `archive_path` (a full v1 archive, from
 /// `clip_pack_dir`) to `s3->bucket`/`s3->key`, then writes the metadata-only
 /// `.rclip` naming that object to `rclip_path` (atomically; nothing is left
@@ -273,29 +248,27 @@ pub extern "C" fn clip_upload(
             }
         }
         let stopped = AtomicBool::new(false);
-        let r = with_stop_flag(cancel.as_deref(), |stop| {
-            let mut progress = |percent: u8| {
-                if let Some((cb, payload)) = cb
-                    && !stopped.load(Ordering::SeqCst)
-                {
-                    // SAFETY: the header documents the callback's contract; it is
-                    // called on this thread, during the call.
-                    let rc = unsafe { cb(percent.min(100) as c_uint, payload.get()) };
-                    if rc != 0 {
-                        stopped.store(true, Ordering::SeqCst);
-                        stop.store(true, Ordering::SeqCst);
-                    }
-                }
+        let never = AtomicBool::new(false);
+        let mut progress = |percent: u8| -> bool {
+            let Some((cb, payload)) = cb else {
+                return true;
             };
-            crate::pack::upload(
-                archive_path,
-                rclip_path,
-                &loc,
-                &a.options,
-                &mut progress,
-                stop,
-            )
-        });
+            // SAFETY: the header documents the callback's contract; it is called
+            // on this thread, during the call.
+            let rc = unsafe { cb(percent.min(100) as c_uint, payload.get()) };
+            if rc != 0 {
+                stopped.store(true, Ordering::SeqCst);
+            }
+            rc == 0
+        };
+        let r = crate::pack::upload(
+            archive_path,
+            rclip_path,
+            &loc,
+            &a.options,
+            &mut progress,
+            cancel.as_deref().unwrap_or(&never),
+        );
         stopped_by_callback(r, &stopped)
     })
 }
