@@ -386,6 +386,9 @@ impl Walker<'_> {
             xattrs: read_xattrs(&abs)?,
             header_offset: 0,
         };
+        if (m.dev(), m.ino()) == w.own_file {
+            return Ok(false);
+        }
         if ft.is_socket() {
             tracing::warn!("skipping socket {}", abs.display());
             self.skipped += 1;
@@ -485,7 +488,9 @@ fn read_file(w: &mut DataWriter<'_>, path: &Path, m: &std::fs::Metadata) -> Resu
     }
     let mut f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        // NONBLOCK: a file swapped for a fifo after the lstat must not hang the
+        // open (the fstat below then reports it changed).
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
         .open(path)
         .ctx("opening", path)?;
     let changed = || {
@@ -640,6 +645,8 @@ struct DataWriter<'a> {
     dedup_bytes: u64,
     files: usize,
     file_buf: Vec<u8>,
+    /// (dev, ino) of the archive being written, never archived itself.
+    own_file: (u64, u64),
 }
 
 impl DataWriter<'_> {
@@ -774,6 +781,10 @@ fn with_data_writer<T, X>(
     };
     let chunk_size = opts.chunk_size as usize;
     let mut writer = ArchiveWriter::create(out)?;
+    // The archive being written may lie inside the tree being archived.
+    let own_file = std::fs::metadata(writer.temp_path())
+        .map(|m| (m.dev(), m.ino()))
+        .ctx("reading", writer.temp_path())?;
     let spare = Mutex::new(Vec::new());
     // Queues a few chunks deep on both sides, so that neither single-threaded end
     // (the walker, the writer) stalls the compressors when it is descheduled:
@@ -809,6 +820,7 @@ fn with_data_writer<T, X>(
             dedup_bytes: 0,
             files: 0,
             file_buf: Vec::new(),
+            own_file,
         };
         let filled = fill(&mut dw).and_then(|r| dw.flush().map(|()| r));
         if filled.is_err() {

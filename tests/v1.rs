@@ -623,3 +623,17 @@ fn s3_errors_are_clear_and_leave_nothing() {
     assert_eq!(seen.last(), Some(&100));
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
 }
+
+#[test]
+fn an_archive_written_inside_its_tree_leaves_itself_out() {
+    let d = tmp("clip-v1-self-");
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), compressible_bytes(3 << 20)).unwrap();
+    let archive = src.join("self.clip");
+    archive_dir(&src, &archive, &[]);
+    let o = ok(clipctl().arg("ls").arg(&archive).arg("/"));
+    let ls = String::from_utf8_lossy(&o.stdout);
+    assert!(ls.contains(" f\n") || ls.ends_with(" f"), "{ls}");
+    assert!(!ls.contains(".clip"), "{ls}");
+}
