@@ -23,6 +23,7 @@ use fuser::{
 };
 
 use crate::store::Store;
+use crate::trace::Tier;
 use crate::tree::{Kind, Tree};
 
 /// How long the kernel may cache entries and attributes: the image never changes.
@@ -31,32 +32,7 @@ const BLOCK: u32 = 4096;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// One file read a mount served, as told to a [`ReadObserver`].
-#[derive(Debug)]
-pub struct ReadEvent<'a> {
-    /// The file's path in the image (`/etc/os-release`); a file with several hard
-    /// links is named by one of them.
-    pub path: &'a [u8],
-    /// Offset the kernel asked for.
-    pub offset: u64,
-    /// Bytes the kernel asked for (within the file).
-    pub length: u64,
-    /// Bytes served (0 on failure).
-    pub bytes_read: u64,
-    /// Time from the request reaching the read thread to the reply.
-    pub duration: Duration,
-    /// Process that issued the read.
-    pub pid: u32,
-    /// Digest of the layer the bytes come from.
-    pub layer_digest: &'a crate::digest::Digest,
-    /// Why the read failed (the reader got `EIO`), if it did.
-    pub error: Option<&'a crate::error::Error>,
-}
-
-/// Told of each file read a mount serves, after the reply. Called from the read
-/// threads, concurrently; reads the kernel answers from its page cache never reach
-/// the mount and are not seen.
-pub type ReadObserver = Arc<dyn Fn(&ReadEvent<'_>) + Send + Sync>;
+pub use crate::trace::{ReadEvent, ReadObserver};
 
 /// A read observer with the paths of the files it is told about.
 struct Observer {
@@ -306,7 +282,7 @@ impl Filesystem for ClipFs {
             let mut buf = vec![0u8; n];
             let result = store.read_layer(layer, start, &mut buf);
             match &result {
-                Ok(()) => reply.data(&buf),
+                Ok(_) => reply.data(&buf),
                 Err(e) => {
                     // Errors are rare: finding the path by a walk costs nothing
                     // on the path of good reads.
@@ -321,7 +297,27 @@ impl Filesystem for ClipFs {
                 }
             }
             if let (Some(o), Some(started)) = (observer, started) {
+                let l = &store.image().archive().layers[layer];
+                let info = result.as_ref().copied().unwrap_or_default();
+                let hit = matches!(info.tier, Tier::Memory | Tier::Disk | Tier::None);
+                let key = l.diff_id.hex();
+                let mut attrs = vec![
+                    ("storage_mode", store.image().archive().storage_kind()),
+                    ("cache_result", if hit { "hit" } else { "miss" }),
+                    ("cache_tier", info.tier.name()),
+                    ("fallback", if info.fallback { "true" } else { "false" }),
+                    ("content_hash", key.as_str()),
+                ];
+                if let Some(t) = store.tier() {
+                    attrs.push((
+                        "content_cache_available",
+                        if t.available() { "true" } else { "false" },
+                    ));
+                }
                 (o.f)(&ReadEvent {
+                    operation: crate::trace::OP_READ,
+                    decompressed_hash: &l.diff_id,
+                    attrs: &attrs,
                     path: o.paths.get(&ino.0).map_or(&[][..], |p| &p[..]),
                     offset,
                     length: n as u64,

@@ -25,6 +25,9 @@
 //! - [`registry`]: the OCI distribution API client (auth, retries, Range reads).
 //! - [`s3`]: the S3 client: uploading an archive, ranged reads of it
 //!   ([`s3::S3Source`]) for `.rclip` archives.
+//! - [`tier`]: the shared content tier (a cluster cache or an S3 bucket) between
+//!   the local span cache and the layer sources.
+//! - [`trace`]: read tracing events (file reads and the span work below them).
 //! - [`create`]: the high-level "index this image into that archive" operation.
 //! - [`mount`] and [`fs`]: the FUSE mount of an image.
 //! - [`log`]: a global stderr log subscriber with a changeable level (for the C ABI).
@@ -56,6 +59,8 @@ pub mod s3;
 pub mod source;
 pub mod store;
 pub mod tar;
+pub mod tier;
+pub mod trace;
 pub mod tree;
 
 pub use error::{Error, Result};

@@ -10,7 +10,8 @@ use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{ClipFs, ReadObserver};
 use crate::image::Image;
-use crate::store::{DEFAULT_MAX_BYTES, Store, StoreStats};
+use crate::store::{DEFAULT_MAX_BYTES, Store, StoreOptions, StoreStats};
+use crate::tier::Tier;
 
 /// How to mount.
 #[derive(Clone)]
@@ -19,6 +20,11 @@ pub struct MountOptions {
     pub cache_dir: PathBuf,
     /// Size limit of the span cache.
     pub cache_max_bytes: u64,
+    /// Free space the span cache leaves on its file system (0: 10% of it, at
+    /// most 16 GiB).
+    pub cache_min_free_bytes: u64,
+    /// The shared content tier between the span cache and the layer sources.
+    pub tier: Option<Arc<Tier>>,
     /// Let other users access the mount (`allow_other`).
     pub allow_other: bool,
     /// Threads serving file reads.
@@ -35,6 +41,8 @@ impl std::fmt::Debug for MountOptions {
         f.debug_struct("MountOptions")
             .field("cache_dir", &self.cache_dir)
             .field("cache_max_bytes", &self.cache_max_bytes)
+            .field("cache_min_free_bytes", &self.cache_min_free_bytes)
+            .field("tier", &self.tier)
             .field("allow_other", &self.allow_other)
             .field("read_threads", &self.read_threads)
             .field("event_threads", &self.event_threads)
@@ -51,10 +59,24 @@ impl Default for MountOptions {
         MountOptions {
             cache_dir: default_cache_dir(),
             cache_max_bytes: DEFAULT_MAX_BYTES,
+            cache_min_free_bytes: 0,
+            tier: None,
             allow_other: false,
             read_threads: 8,
             event_threads: 2,
             read_observer: None,
+        }
+    }
+}
+
+impl MountOptions {
+    /// The store options these mount options imply.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            max_bytes: self.cache_max_bytes,
+            min_free_bytes: self.cache_min_free_bytes,
+            tier: self.tier.clone(),
+            observer: self.read_observer.clone(),
         }
     }
 }
@@ -87,7 +109,7 @@ impl Mount {
     pub fn new(image: Image, mountpoint: &Path, opts: &MountOptions) -> Result<Mount> {
         std::fs::create_dir_all(mountpoint).ctx("creating mount point", mountpoint)?;
         let mountpoint = std::fs::canonicalize(mountpoint).ctx("resolving", mountpoint)?;
-        let store = Store::new(Arc::new(image), &opts.cache_dir, opts.cache_max_bytes)?;
+        let store = Store::with_options(Arc::new(image), &opts.cache_dir, opts.store_options())?;
         let mut fs = ClipFs::new(store.clone(), opts.read_threads);
         if let Some(o) = &opts.read_observer {
             fs = fs.with_read_observer(o.clone());
@@ -128,6 +150,11 @@ impl Mount {
     /// The store's counters.
     pub fn stats(&self) -> StoreStats {
         self.store.stats()
+    }
+
+    /// The store behind the mount.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
     /// Unmounts (if still mounted) and waits for the session to end. Idempotent.

@@ -444,13 +444,18 @@ impl Client {
 
     /// Starts one ranged `GET` of `[start, end)` (absolute object offsets, non-empty).
     async fn get_range(&self, start: u64, end: u64) -> Result<RangeBody> {
+        self.get_range_of(&self.path, start, end).await
+    }
+
+    /// [`Client::get_range`] of the object at `path`.
+    async fn get_range_of(&self, path: &ObjectPath, start: u64, end: u64) -> Result<RangeBody> {
         let opts = GetOptions {
             range: Some(GetRange::Bounded(start..end)),
             ..GetOptions::default()
         };
         let got = self
             .store
-            .get_opts(&self.path, opts)
+            .get_opts(path, opts)
             .await
             .map_err(|e| self.error(e))?;
         if got.range != (start..end) {
@@ -671,6 +676,97 @@ impl Read for S3Reader<'_> {
     }
 }
 
+/// Objects under one prefix of a bucket, addressed by name (`prefix/name`): the
+/// store behind a shared content tier (`--remote-cache s3://bucket/prefix`). One
+/// client (one connection pool) serves every object.
+pub struct S3Prefix {
+    client: Client,
+    prefix: String,
+}
+
+impl fmt::Debug for S3Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Prefix")
+            .field("url", &self.client.url)
+            .field("endpoint", &self.client.endpoint)
+            .finish()
+    }
+}
+
+impl S3Prefix {
+    /// The objects under `loc.key` (the prefix; `/` separated, no empty segments)
+    /// of `loc.bucket`. Nothing is requested yet.
+    pub fn open(loc: &S3Location, opts: &S3Options) -> Result<S3Prefix> {
+        let client = Client::new(loc, opts)?;
+        Ok(S3Prefix {
+            prefix: loc.key.trim_end_matches('/').to_string(),
+            client,
+        })
+    }
+
+    /// `s3://bucket/prefix`.
+    pub fn url(&self) -> &str {
+        &self.client.url
+    }
+
+    fn path(&self, name: &str) -> Result<ObjectPath> {
+        ObjectPath::parse(format!("{}/{name}", self.prefix)).map_err(|e| {
+            Error::Invalid(format!(
+                "invalid object name {name:?} under {}: {e}",
+                self.client.url
+            ))
+        })
+    }
+
+    /// The size of object `name`, or `None` if there is none.
+    pub fn size(&self, name: &str) -> Result<Option<u64>> {
+        let path = self.path(name)?;
+        match runtime()?.block_on(self.client.store.head(&path)) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.client.error(e)),
+        }
+    }
+
+    /// Fills `buf` with the bytes of object `name` at `offset` (one ranged `GET`);
+    /// a missing object is [`Error::NotFound`].
+    pub fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let path = self.path(name)?;
+        let end = offset + buf.len() as u64;
+        let rt = runtime()?;
+        let mut body = match rt.block_on(self.client.get_range_of(&path, offset, end)) {
+            Err(Error::NotFound(_)) => {
+                return Err(Error::NotFound(format!(
+                    "{}/{name} does not exist",
+                    self.client.url
+                )));
+            }
+            r => r?,
+        };
+        let mut at = 0;
+        while let Some(chunk) = body.next_chunk(&self.client)? {
+            buf[at..at + chunk.len()].copy_from_slice(&chunk);
+            at += chunk.len();
+        }
+        Ok(())
+    }
+
+    /// Uploads the file at `path` as object `name` (see [`upload_file`]).
+    pub fn put_file(&self, name: &str, path: &Path) -> Result<()> {
+        let dest = self.path(name)?;
+        upload_to(
+            &self.client,
+            &dest,
+            path,
+            &mut |_, _| true,
+            &AtomicBool::new(false),
+        )
+    }
+}
+
 /// Uploads the file at `path` to `loc`: one `PUT` up to [`SINGLE_PUT_MAX`] bytes,
 /// else a multipart upload ([`PART_SIZE`] parts or larger, [`PARTS_IN_FLIGHT`] at
 /// once, each retried per [`S3Options::retries`]).
@@ -689,6 +785,17 @@ pub fn upload_file(
     cancel: &AtomicBool,
 ) -> Result<()> {
     let client = Client::new(loc, opts)?;
+    upload_to(&client, &client.path, path, progress, cancel)
+}
+
+/// [`upload_file`] of `path` to the object `dest` of `client`'s bucket.
+fn upload_to(
+    client: &Client,
+    dest: &ObjectPath,
+    path: &Path,
+    progress: &mut dyn FnMut(u64, u64) -> bool,
+    cancel: &AtomicBool,
+) -> Result<()> {
     let file = File::open(path).ctx("opening", path)?;
     let total = file.metadata().ctx("reading metadata of", path)?.len();
     if cancel.load(Ordering::Relaxed) {
@@ -709,7 +816,7 @@ pub fn upload_file(
                 io::Error::other("the file changed size while being uploaded"),
             ));
         }
-        rt.block_on(client.store.put(&client.path, PutPayload::from(data)))
+        rt.block_on(client.store.put(dest, PutPayload::from(data)))
             .map_err(|e| client.error(e))?;
         // The object is stored: a stop now comes too late.
         let _ = progress(total, total);
@@ -723,7 +830,7 @@ pub fn upload_file(
     rt.block_on(async {
         let mut upload = client
             .store
-            .put_multipart(&client.path)
+            .put_multipart(dest)
             .await
             .map_err(|e| client.error(e))?;
         let mut tasks = JoinSet::new();

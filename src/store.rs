@@ -12,7 +12,14 @@
 //!   by the decoder.
 //! - **One fetch per span.** Concurrent readers of a span wait for a single fetch.
 //! - **Bounded.** Past `max_bytes`, least recently used spans (by file mtime, which
-//!   readers bump) are evicted.
+//!   readers bump) are evicted; and the cache never takes the file system below
+//!   `min_free_bytes` of free space: it evicts to stay above it, and serves spans
+//!   from memory instead of caching them while it cannot.
+//! - **Tiered.** With a shared content tier ([`crate::tier`]), a span missing here
+//!   is read from the tier (bounded wait, verified) before the layer source; a
+//!   layer the tier lacks is stored there in the background once a read had to go
+//!   to the source ([`crate::tier::TierOptions::warm`]).
+//! - **Prepared.** [`Store::prepare`] fetches every span of every layer ahead of use.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -27,9 +34,78 @@ use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
 use crate::image::Image;
+use crate::tier::{Outcome, Tier, TierError};
+use crate::trace::{self, ReadEvent, ReadInfo, ReadObserver};
 
 /// Default cache size limit: 10 GiB.
 pub const DEFAULT_MAX_BYTES: u64 = 10 << 30;
+/// The default free-space floor is this fraction (percent) of the file system...
+pub const DEFAULT_MIN_FREE_PERCENT: u64 = 10;
+/// ...but at most this much: 16 GiB.
+pub const DEFAULT_MIN_FREE_CAP: u64 = 16 << 30;
+/// After the tier said it lacks a layer, it is asked again after this long.
+const ABSENT_RECHECK: Duration = Duration::from_secs(60);
+
+/// How a store caches (see [`Store::with_options`]).
+#[derive(Clone, Default)]
+pub struct StoreOptions {
+    /// Size limit of the span cache (0: [`DEFAULT_MAX_BYTES`]).
+    pub max_bytes: u64,
+    /// Free space the cache leaves on its file system (0: 10% of it, at most
+    /// 16 GiB; `u64::MAX` would mean "never write").
+    pub min_free_bytes: u64,
+    /// The shared content tier, if any (used for index-only archives only).
+    pub tier: Option<Arc<Tier>>,
+    /// Told of span work (see [`crate::trace`]).
+    pub observer: Option<ReadObserver>,
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("max_bytes", &self.max_bytes)
+            .field("min_free_bytes", &self.min_free_bytes)
+            .field("tier", &self.tier)
+            .field("observer", &self.observer.as_ref().map(|_| "<fn>"))
+            .finish()
+    }
+}
+
+/// What the store knows of a layer in the content tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TierState {
+    /// Not asked yet.
+    Unknown,
+    /// The tier cannot tell (no exists-with-size): reads are tried.
+    Unknowable,
+    /// The tier holds it.
+    Present,
+    /// The tier lacks it (as of then).
+    Absent(std::time::Instant),
+    /// Being stored into the tier by this process.
+    Warming,
+}
+
+/// What asking the tier for a span gave.
+enum TierRead {
+    /// Verified bytes.
+    Hit(Vec<u8>),
+    /// Asked, not delivered: the source serves (`fallback`).
+    Fallback,
+    /// Not asked (no tier, not an index-only archive, layer known absent).
+    NotAsked,
+}
+
+/// Progress of [`Store::prepare`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct PrepareProgress {
+    /// Layers done.
+    pub completed: usize,
+    /// Layers in the image.
+    pub total: usize,
+    /// Uncompressed bytes of the layers done.
+    pub bytes: u64,
+}
 
 /// Counters of the store's work.
 #[derive(Debug, Default)]
@@ -42,6 +118,12 @@ struct Counters {
     corrupt: AtomicU64,
     evicted: AtomicU64,
     prefetches: AtomicU64,
+    tier_hits: AtomicU64,
+    tier_bytes: AtomicU64,
+    tier_misses: AtomicU64,
+    tier_errors: AtomicU64,
+    tier_stores: AtomicU64,
+    uncached: AtomicU64,
 }
 
 /// A snapshot of the store's counters (plus the decoder's, from [`Image`]).
@@ -63,6 +145,18 @@ pub struct StoreStats {
     pub evicted: u64,
     /// Read-ahead fetches started.
     pub prefetches: u64,
+    /// Spans read from the content tier (verified).
+    pub tier_hits: u64,
+    /// Bytes read from the content tier.
+    pub tier_bytes: u64,
+    /// Tier reads and look-ups that found nothing.
+    pub tier_misses: u64,
+    /// Tier calls that failed, timed out, were skipped, or gave bad bytes.
+    pub tier_errors: u64,
+    /// Layers this store put into the content tier.
+    pub tier_stores: u64,
+    /// Spans served from memory without caching them (the disk was too full).
+    pub uncached: u64,
     /// Spans decoded (from the image's counters).
     pub spans_decoded: u64,
     /// Uncompressed bytes produced by decoders.
@@ -72,8 +166,8 @@ pub struct StoreStats {
 }
 
 /// The outcome of a fetch: the span is in its cache file (`None`), or, when the
-/// cache cannot be written, in memory.
-type Fetched = Option<Arc<Vec<u8>>>;
+/// cache cannot be written, in memory; and where it came from.
+type Fetched = (Option<Arc<Vec<u8>>>, ReadInfo);
 
 #[derive(Default)]
 struct Flight {
@@ -87,8 +181,19 @@ type SpanFile = Arc<File>;
 /// The content store of one image (the disk cache itself is shared).
 pub struct Store {
     image: Arc<Image>,
+    /// The cache directory (`dir` is its `spans/`).
+    root: PathBuf,
     dir: PathBuf,
     max_bytes: u64,
+    min_free_bytes: u64,
+    /// Whether the file system is below the free-space floor, and when that was
+    /// last looked at.
+    low_space: Mutex<SpaceCheck>,
+    tier: Option<Arc<Tier>>,
+    tier_state: Mutex<Vec<TierState>>,
+    observer: Option<ReadObserver>,
+    /// Background stores into the tier running.
+    warming: Arc<(Mutex<usize>, Condvar)>,
     inflight: Mutex<HashMap<[u8; 32], Arc<Flight>>>,
     open: Mutex<HashMap<[u8; 32], SpanFile>>,
     verified: Mutex<HashSet<[u8; 32]>>,
@@ -103,12 +208,44 @@ pub struct Store {
 impl Store {
     /// A store for `image` caching under `dir` (created), at most `max_bytes`.
     pub fn new(image: Arc<Image>, dir: &Path, max_bytes: u64) -> Result<Arc<Store>> {
+        Store::with_options(
+            image,
+            dir,
+            StoreOptions {
+                max_bytes,
+                ..StoreOptions::default()
+            },
+        )
+    }
+
+    /// A store for `image` caching under `dir` (created), as `opts` say.
+    pub fn with_options(image: Arc<Image>, dir: &Path, opts: StoreOptions) -> Result<Arc<Store>> {
         let spans = dir.join("spans");
         fs::create_dir_all(&spans).ctx("creating cache directory", &spans)?;
+        let layers = image.archive().layers.len();
+        // The tier holds uncompressed layers of registry images, keyed by diff id.
+        let tier = opts
+            .tier
+            .filter(|_| image.archive().storage_kind() == crate::archive::STORAGE_OCI);
+        let min_free_bytes = match opts.min_free_bytes {
+            0 => default_min_free(dir),
+            n => n,
+        };
         let store = Store {
             image,
+            root: dir.to_path_buf(),
             dir: spans,
-            max_bytes,
+            max_bytes: if opts.max_bytes == 0 {
+                DEFAULT_MAX_BYTES
+            } else {
+                opts.max_bytes
+            },
+            min_free_bytes,
+            low_space: Mutex::new(SpaceCheck::default()),
+            tier,
+            tier_state: Mutex::new(vec![TierState::Unknown; layers]),
+            observer: opts.observer,
+            warming: Arc::new((Mutex::new(0), Condvar::new())),
             inflight: Mutex::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashSet::new()),
@@ -135,6 +272,11 @@ impl Store {
         &self.image
     }
 
+    /// The content tier in use, if any.
+    pub fn tier(&self) -> Option<&Arc<Tier>> {
+        self.tier.as_ref()
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> StoreStats {
         let c = &self.counters;
@@ -148,6 +290,12 @@ impl Store {
             corrupt: c.corrupt.load(Ordering::Relaxed),
             evicted: c.evicted.load(Ordering::Relaxed),
             prefetches: c.prefetches.load(Ordering::Relaxed),
+            tier_hits: c.tier_hits.load(Ordering::Relaxed),
+            tier_bytes: c.tier_bytes.load(Ordering::Relaxed),
+            tier_misses: c.tier_misses.load(Ordering::Relaxed),
+            tier_errors: c.tier_errors.load(Ordering::Relaxed),
+            tier_stores: c.tier_stores.load(Ordering::Relaxed),
+            uncached: c.uncached.load(Ordering::Relaxed),
             spans_decoded: i.spans_decoded,
             bytes_decoded: i.bytes_decoded,
             compressed_bytes_read: i.compressed_bytes_read,
@@ -196,14 +344,16 @@ impl Store {
         out
     }
 
-    /// Reads uncompressed bytes of layer `layer` at `off` into `buf`.
-    pub fn read_layer(&self, layer: usize, off: u64, buf: &mut [u8]) -> Result<()> {
+    /// Reads uncompressed bytes of layer `layer` at `off` into `buf`; says where
+    /// they came from.
+    pub fn read_layer(&self, layer: usize, off: u64, buf: &mut [u8]) -> Result<ReadInfo> {
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         self.counters
             .bytes_read
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        let mut info = ReadInfo::default();
         if buf.is_empty() {
-            return Ok(());
+            return Ok(info);
         }
         let codec = &self.image.archive().layers[layer].codec;
         let end = off + buf.len() as u64;
@@ -217,13 +367,13 @@ impl Store {
             let lo = off.max(s);
             let hi = end.min(e);
             let dst = &mut buf[(lo - off) as usize..(hi - off) as usize];
-            self.read_span(layer, k, lo - s, dst)?;
+            info = info.merge(self.read_span(layer, k, lo - s, dst)?);
         }
-        Ok(())
+        Ok(info)
     }
 
     /// Reads `dst.len()` bytes at `within` of span `k`.
-    fn read_span(&self, layer: usize, k: usize, within: u64, dst: &mut [u8]) -> Result<()> {
+    fn read_span(&self, layer: usize, k: usize, within: u64, dst: &mut [u8]) -> Result<ReadInfo> {
         let hash = self.image.archive().layers[layer].codec.spans[k].hash;
         // A reader moving on to the next span of a layer is streaming in layer order
         // (tar order is directory order): decode the span after it on another core.
@@ -237,17 +387,21 @@ impl Store {
             self.prefetch_next(layer, k);
         }
         for _ in 0..3 {
-            if let Some(f) = self.cached_file(&hash)? {
+            if let Some((f, tier)) = self.cached_file(layer, k, &hash)? {
                 if f.read_exact_at(dst, within).is_ok() {
-                    return Ok(());
+                    return Ok(ReadInfo {
+                        tier,
+                        fallback: false,
+                    });
                 }
                 // Evicted or replaced under us: forget it and fetch.
                 self.forget(&hash);
             }
-            if let Some(data) = self.fetch(layer, k, hash)? {
+            let (data, info) = self.fetch(layer, k, hash)?;
+            if let Some(data) = data {
                 let w = within as usize;
                 dst.copy_from_slice(&data[w..w + dst.len()]);
-                return Ok(());
+                return Ok(info);
             }
         }
         Err(Error::format(format!(
@@ -260,10 +414,17 @@ impl Store {
         self.verified.lock().expect("verified lock").remove(hash);
     }
 
-    /// The open, verified cache file of a span, if the cache has a good one.
-    fn cached_file(&self, hash: &[u8; 32]) -> Result<Option<SpanFile>> {
+    /// The open, verified cache file of span `k` of `layer`, if the cache has a
+    /// good one, and whether it was open already ([`trace::Tier::Memory`]) or just
+    /// verified from disk ([`trace::Tier::Disk`]).
+    fn cached_file(
+        &self,
+        layer: usize,
+        k: usize,
+        hash: &[u8; 32],
+    ) -> Result<Option<(SpanFile, trace::Tier)>> {
         if let Some(f) = self.open.lock().expect("open lock").get(hash) {
-            return Ok(Some(f.clone()));
+            return Ok(Some((f.clone(), trace::Tier::Memory)));
         }
         let path = self.span_path(hash);
         let Ok(file) = File::open(&path) else {
@@ -271,6 +432,7 @@ impl Store {
         };
         let verified = self.verified.lock().expect("verified lock").contains(hash);
         if !verified {
+            let started = std::time::Instant::now();
             let data = fs::read(&path).unwrap_or_default();
             if blake3::hash(&data).as_bytes() != hash {
                 tracing::warn!(path = %path.display(), "cached span failed verification; fetching it again");
@@ -282,6 +444,15 @@ impl Store {
             self.verified.lock().expect("verified lock").insert(*hash);
             // Bump the LRU clock shared with other processes.
             let _ = file.set_modified(SystemTime::now());
+            self.span_event(
+                trace::OP_DISK_CACHE_READ,
+                layer,
+                k,
+                data.len() as u64,
+                started,
+                None,
+                &[("cache_result", "hit"), ("cache_tier", "disk")],
+            );
         }
         let file = Arc::new(file);
         let mut open = self.open.lock().expect("open lock");
@@ -289,7 +460,8 @@ impl Store {
             open.clear();
         }
         open.insert(*hash, file.clone());
-        Ok(Some(file))
+        Ok(Some((file, trace::Tier::Memory)))
+            .map(|o| o.map(|(f, t)| (f, if verified { t } else { trace::Tier::Disk })))
     }
 
     /// Fetches, decodes, verifies and caches span `k`; concurrent callers for the
@@ -317,12 +489,15 @@ impl Store {
         // Another fetch of this span (a reader's, or a read-ahead started before
         // the span was cached) may have finished between the caller's look at the
         // cache and this flight: look again before fetching.
-        let r = match self.cached_file(&hash) {
-            Ok(Some(_)) => Ok(None),
-            _ => {
-                self.counters.fetches.fetch_add(1, Ordering::Relaxed);
-                self.fetch_to_file(layer, k, &hash)
-            }
+        let r = match self.cached_file(layer, k, &hash) {
+            Ok(Some((_, tier))) => Ok((
+                None,
+                ReadInfo {
+                    tier,
+                    fallback: false,
+                },
+            )),
+            _ => self.fetch_to_file(layer, k, &hash),
         };
         *flight.done.lock().expect("flight lock") =
             Some(r.as_ref().map(Clone::clone).map_err(|e| e.to_string()));
@@ -331,10 +506,62 @@ impl Store {
         r
     }
 
-    /// Decodes span `k` straight into a temporary file in the cache (no span-sized
-    /// buffer) and renames it into place. If the cache cannot be written, the span
-    /// is decoded into memory instead, so reads never fail for a full disk.
+    /// Span `k` from the content tier, else decoded from the layer source (then
+    /// the layer is offered to the tier in the background).
     fn fetch_to_file(&self, layer: usize, k: usize, hash: &[u8; 32]) -> Result<Fetched> {
+        let mut info = ReadInfo {
+            tier: trace::Tier::Source,
+            fallback: false,
+        };
+        match self.read_tier(layer, k, hash) {
+            TierRead::Hit(data) => {
+                let info = ReadInfo {
+                    tier: trace::Tier::ContentCache,
+                    fallback: false,
+                };
+                return Ok((self.persist(hash, data), info));
+            }
+            TierRead::Fallback => info.fallback = true,
+            TierRead::NotAsked => {}
+        }
+        self.counters.fetches.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let r = self.decode_to_file(layer, k, hash);
+        let (s, e) = self.image.archive().layers[layer].codec.span_range(k);
+        let fallback = if info.fallback { "true" } else { "false" };
+        self.span_event(
+            trace::OP_CHECKPOINT_READ,
+            layer,
+            k,
+            if r.is_ok() { e - s } else { 0 },
+            started,
+            r.as_ref().err(),
+            &[
+                ("cache_result", "miss"),
+                ("cache_tier", "source"),
+                ("fallback", fallback),
+            ],
+        );
+        let data = r?;
+        self.maybe_warm(layer);
+        Ok((data, info))
+    }
+
+    /// Decodes span `k` straight into a temporary file in the cache (no span-sized
+    /// buffer) and renames it into place. If the cache cannot (or must not, the
+    /// disk being too full) be written, the span is decoded into memory instead, so
+    /// reads never fail for a full disk.
+    fn decode_to_file(
+        &self,
+        layer: usize,
+        k: usize,
+        hash: &[u8; 32],
+    ) -> Result<Option<Arc<Vec<u8>>>> {
+        let (s, e) = self.image.archive().layers[layer].codec.span_range(k);
+        if self.low_on_space(e - s) {
+            self.counters.uncached.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(Arc::new(self.image.decode_span(layer, k)?)));
+        }
         let path = self.span_path(hash);
         let dir = path.parent().expect("has a parent");
         let mut write_failed: Option<Error> = None;
@@ -379,6 +606,373 @@ impl Store {
         Ok(Some(Arc::new(self.image.decode_span(layer, k)?)))
     }
 
+    /// Writes verified span bytes into the cache (temporary file and rename);
+    /// `None` once cached, else the bytes (to serve from memory).
+    fn persist(&self, hash: &[u8; 32], data: Vec<u8>) -> Option<Arc<Vec<u8>>> {
+        if self.low_on_space(data.len() as u64) {
+            self.counters.uncached.fetch_add(1, Ordering::Relaxed);
+            return Some(Arc::new(data));
+        }
+        let path = self.span_path(hash);
+        let dir = path.parent().expect("has a parent");
+        let written = fs::create_dir_all(dir)
+            .and_then(|_| tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir))
+            .and_then(|mut tmp| {
+                tmp.write_all(&data)?;
+                tmp.persist(&path).map_err(|e| e.error)
+            });
+        match written {
+            Ok(_) => {
+                self.verified.lock().expect("verified lock").insert(*hash);
+                self.account(data.len() as u64);
+                None
+            }
+            Err(e) => {
+                tracing::warn!("cannot cache span at {}: {e}", path.display());
+                Some(Arc::new(data))
+            }
+        }
+    }
+
+    /// The tier key of `layer`: the bare hex of its diff id.
+    fn tier_key(&self, layer: usize) -> String {
+        self.image.archive().layers[layer].diff_id.hex()
+    }
+
+    fn set_tier_state(&self, layer: usize, s: TierState) {
+        self.tier_state.lock().expect("tier state lock")[layer] = s;
+    }
+
+    /// Asks the content tier for span `k` of `layer` (see [`TierRead`]).
+    fn read_tier(&self, layer: usize, k: usize, hash: &[u8; 32]) -> TierRead {
+        let Some(tier) = &self.tier else {
+            return TierRead::NotAsked;
+        };
+        let l = &self.image.archive().layers[layer];
+        let size = l.codec.uncompressed_size;
+        let key = self.tier_key(layer);
+        let state = self.tier_state.lock().expect("tier state lock")[layer];
+        let started = std::time::Instant::now();
+        let event = |result: &str, bytes: u64, err: Option<&Error>| {
+            self.span_event(
+                trace::OP_CONTENT_CACHE_READ,
+                layer,
+                k,
+                bytes,
+                started,
+                err,
+                &[
+                    ("content_cache_result", result),
+                    (
+                        "content_cache_available",
+                        if tier.available() { "true" } else { "false" },
+                    ),
+                    ("content_hash", &key),
+                    ("cache_tier", "content_cache"),
+                ],
+            );
+        };
+        match state {
+            TierState::Absent(at) if at.elapsed() < ABSENT_RECHECK => return TierRead::NotAsked,
+            TierState::Absent(_) | TierState::Unknown => match tier.exists(&key, size) {
+                Outcome::Done(Some(true)) => self.set_tier_state(layer, TierState::Present),
+                Outcome::Done(Some(false)) => {
+                    self.counters.tier_misses.fetch_add(1, Ordering::Relaxed);
+                    self.set_tier_state(layer, TierState::Absent(std::time::Instant::now()));
+                    event("miss", 0, None);
+                    return TierRead::NotAsked;
+                }
+                Outcome::Done(None) => self.set_tier_state(layer, TierState::Unknowable),
+                Outcome::Error(TierError::Miss) => {
+                    self.counters.tier_misses.fetch_add(1, Ordering::Relaxed);
+                    self.set_tier_state(layer, TierState::Absent(std::time::Instant::now()));
+                    event("miss", 0, None);
+                    return TierRead::NotAsked;
+                }
+                other => {
+                    self.counters.tier_errors.fetch_add(1, Ordering::Relaxed);
+                    event(outcome_name(&other), 0, None);
+                    return TierRead::Fallback;
+                }
+            },
+            TierState::Warming | TierState::Present | TierState::Unknowable => {}
+        }
+        let (s, e) = l.codec.span_range(k);
+        match tier.read(&key, s, (e - s) as usize) {
+            Outcome::Done(data) if blake3::hash(&data).as_bytes() == hash => {
+                self.counters.tier_hits.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .tier_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                event("hit", data.len() as u64, None);
+                TierRead::Hit(data)
+            }
+            Outcome::Done(_) => {
+                let err = Error::DigestMismatch {
+                    what: format!(
+                        "span {k} of layer {} read from content tier {}",
+                        l.digest,
+                        tier.describe()
+                    ),
+                    expected: hex::encode(hash),
+                    actual: "other bytes".into(),
+                };
+                tracing::warn!("{err}; reading the layer source instead");
+                self.counters.tier_errors.fetch_add(1, Ordering::Relaxed);
+                event("error", 0, Some(&err));
+                TierRead::Fallback
+            }
+            Outcome::Error(TierError::Miss) => {
+                self.counters.tier_misses.fetch_add(1, Ordering::Relaxed);
+                if state != TierState::Warming {
+                    self.set_tier_state(layer, TierState::Absent(std::time::Instant::now()));
+                }
+                event("miss", 0, None);
+                TierRead::Fallback
+            }
+            other => {
+                self.counters.tier_errors.fetch_add(1, Ordering::Relaxed);
+                event(outcome_name(&other), 0, None);
+                TierRead::Fallback
+            }
+        }
+    }
+
+    /// After a span of `layer` came from the source: if the tier lacks the layer,
+    /// store it there in the background (once per layer; one layer at a time per
+    /// process).
+    fn maybe_warm(&self, layer: usize) {
+        let Some(tier) = &self.tier else { return };
+        if !tier.options().warm {
+            return;
+        }
+        {
+            let mut st = self.tier_state.lock().expect("tier state lock");
+            match st[layer] {
+                TierState::Absent(_) | TierState::Unknowable => st[layer] = TierState::Warming,
+                _ => return,
+            }
+        }
+        let Some(me) = self.me.lock().expect("self lock").upgrade() else {
+            return;
+        };
+        *self.warming.0.lock().expect("warming lock") += 1;
+        std::thread::spawn(move || {
+            static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+            let r = {
+                let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+                me.warm_layer(layer)
+            };
+            match r {
+                Ok(stored) => {
+                    me.set_tier_state(layer, TierState::Present);
+                    if stored {
+                        me.counters.tier_stores.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot store layer {} in the content tier: {e}",
+                        me.image.archive().layers[layer].digest
+                    );
+                    me.set_tier_state(layer, TierState::Absent(std::time::Instant::now()));
+                }
+            }
+            let (n, cv) = &*me.warming;
+            *n.lock().expect("warming lock") -= 1;
+            cv.notify_all();
+        });
+    }
+
+    /// Waits until background stores into the tier have finished, at most
+    /// `timeout`; whether they did.
+    pub fn wait_background(&self, timeout: Duration) -> bool {
+        let (n, cv) = &*self.warming;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut g = n.lock().expect("warming lock");
+        while *g > 0 {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = cv.wait_timeout(g, deadline - now).expect("warming lock").0;
+        }
+        true
+    }
+
+    /// Writes uncompressed `layer` to a temporary file (spans in the cache are
+    /// copied, runs of the others decoded from the source in one pass each),
+    /// checks its sha256 against the diff id and stores it in the tier. `false`
+    /// if the tier had it meanwhile.
+    fn warm_layer(&self, layer: usize) -> Result<bool> {
+        let tier = self.tier.as_ref().expect("a tier");
+        let l = &self.image.archive().layers[layer];
+        let key = self.tier_key(layer);
+        let size = l.codec.uncompressed_size;
+        if let Outcome::Done(Some(true)) = tier.exists(&key, size) {
+            return Ok(false);
+        }
+        let free = free_bytes(&self.root).unwrap_or(u64::MAX);
+        if free < size.saturating_add(self.min_free_bytes) {
+            return Err(Error::Invalid(format!(
+                "{} has {free} bytes free: too little to stage the {size}-byte layer",
+                self.root.display()
+            )));
+        }
+        let started = std::time::Instant::now();
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-layer-")
+            .tempfile_in(&self.root)
+            .map_err(|e| Error::io("creating a file in", &self.root, e))?;
+        let mut hasher = crate::digest::Hasher::new();
+        {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+            let mut put = |d: &[u8]| -> Result<()> {
+                hasher.update(d);
+                w.write_all(d)
+                    .map_err(|e| Error::io("writing", &self.root, e))
+            };
+            self.for_each_span_bytes(layer, &mut put)?;
+            w.flush().map_err(|e| Error::io("writing", &self.root, e))?;
+        }
+        let got = hasher.finish();
+        if got != l.diff_id {
+            return Err(Error::DigestMismatch {
+                what: format!("uncompressed layer {} (diff id)", l.digest),
+                expected: l.diff_id.to_string(),
+                actual: got.to_string(),
+            });
+        }
+        let stored = tier
+            .store_file(&key, tmp.path())
+            .map_err(|e| Error::Network(format!("content tier {}: {e}", tier.describe())));
+        self.layer_event(layer, size, started, stored.as_ref().err());
+        stored?;
+        Ok(true)
+    }
+
+    /// Hands out the whole uncompressed layer in order: cached spans from the
+    /// cache, runs of uncached ones decoded from the source (verified).
+    fn for_each_span_bytes(
+        &self,
+        layer: usize,
+        put: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let codec = &self.image.archive().layers[layer].codec;
+        let n = codec.spans.len();
+        let mut k = 0;
+        while k < n {
+            let hash = codec.spans[k].hash;
+            if let Ok(data) = fs::read(self.span_path(&hash))
+                && blake3::hash(&data).as_bytes() == &hash
+            {
+                put(&data)?;
+                k += 1;
+                continue;
+            }
+            let mut j = k;
+            while j + 1 < n && !self.span_path(&codec.spans[j + 1].hash).exists() {
+                j += 1;
+            }
+            self.image.decode_spans(layer, k, j, &mut |_, d| put(d))?;
+            k = j + 1;
+        }
+        Ok(())
+    }
+
+    /// Tells the observer of span work.
+    #[allow(clippy::too_many_arguments)]
+    fn span_event(
+        &self,
+        op: &str,
+        layer: usize,
+        k: usize,
+        bytes: u64,
+        started: std::time::Instant,
+        error: Option<&Error>,
+        attrs: &[(&str, &str)],
+    ) {
+        let Some(o) = &self.observer else { return };
+        let l = &self.image.archive().layers[layer];
+        let (s, e) = l.codec.span_range(k);
+        o(&ReadEvent {
+            operation: op,
+            path: b"",
+            offset: s,
+            length: e - s,
+            bytes_read: bytes,
+            duration: started.elapsed(),
+            pid: 0,
+            layer_digest: &l.digest,
+            decompressed_hash: &l.diff_id,
+            error,
+            attrs,
+        });
+    }
+
+    fn layer_event(
+        &self,
+        layer: usize,
+        size: u64,
+        started: std::time::Instant,
+        error: Option<&Error>,
+    ) {
+        let Some(o) = &self.observer else { return };
+        let l = &self.image.archive().layers[layer];
+        o(&ReadEvent {
+            operation: trace::OP_LAYER_DECOMPRESS,
+            path: b"",
+            offset: 0,
+            length: size,
+            bytes_read: if error.is_none() { size } else { 0 },
+            duration: started.elapsed(),
+            pid: 0,
+            layer_digest: &l.digest,
+            decompressed_hash: &l.diff_id,
+            error,
+            attrs: &[
+                ("content_cache_warm", "true"),
+                ("content_hash", &l.diff_id.hex()),
+            ],
+        });
+    }
+
+    /// Whether writing `len` more bytes would take the cache's file system below
+    /// its free-space floor. The file system is looked at once a second, or
+    /// sooner when the writes since would use up the headroom seen then.
+    fn low_on_space(&self, len: u64) -> bool {
+        let mut g = self.low_space.lock().expect("low space lock");
+        if let Some(at) = g.at
+            && at.elapsed() < Duration::from_secs(1)
+            && (g.low || g.headroom >= len)
+        {
+            if !g.low {
+                g.headroom -= len;
+            }
+            return g.low;
+        }
+        let free = free_bytes(&self.root);
+        let headroom = free.map_or(u64::MAX, |f| f.saturating_sub(self.min_free_bytes));
+        let low = headroom < len;
+        if low && !g.low {
+            tracing::warn!(
+                "{} has less than {} bytes free: evicting cached spans and serving new ones from memory",
+                self.root.display(),
+                self.min_free_bytes
+            );
+        }
+        *g = SpaceCheck {
+            low,
+            at: Some(std::time::Instant::now()),
+            headroom: if low { 0 } else { headroom - len },
+        };
+        drop(g);
+        if low {
+            self.evict();
+        }
+        low
+    }
+
     /// Counts bytes added to the cache and evicts past the limit (checked every
     /// 64 MiB written by this process).
     fn account(&self, len: u64) {
@@ -389,7 +983,8 @@ impl Store {
         }
     }
 
-    /// Removes least recently used spans until the cache is under 90% of its limit.
+    /// Removes least recently used spans until the cache is under 90% of its limit
+    /// and its file system has its free-space floor again.
     pub fn evict(&self) {
         let mut files: Vec<(SystemTime, u64, PathBuf)> = self
             .files()
@@ -397,11 +992,17 @@ impl Store {
             .map(|(p, m)| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), p))
             .collect();
         let mut total: u64 = files.iter().map(|f| f.1).sum();
-        if total <= self.max_bytes {
+        let short = free_bytes(&self.root).map_or(0, |f| self.min_free_bytes.saturating_sub(f));
+        if total <= self.max_bytes && short == 0 {
             return;
         }
         files.sort();
-        let target = self.max_bytes / 10 * 9;
+        let mut target = self.max_bytes / 10 * 9;
+        if short > 0 {
+            // Free what is missing and a tenth of the floor more, so that the next
+            // writes do not land right back under it.
+            target = target.min(total.saturating_sub(short + self.min_free_bytes / 10));
+        }
         for (_, len, path) in files {
             if total <= target {
                 break;
@@ -418,6 +1019,198 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// Fetches and verifies every span of every layer into the cache (from the
+    /// content tier first), with `concurrency` threads, and stores layers the
+    /// tier lacks into it (waiting for that). `progress` is called serially:
+    /// `{completed: 0}` first, then once per finished layer, `completed` 1..n,
+    /// `bytes` the uncompressed size of the layers done; no calls for an image
+    /// without layers. `progress` returning false, or `cancel`, stops the work:
+    /// [`Error::Canceled`].
+    pub fn prepare(
+        self: &Arc<Self>,
+        concurrency: usize,
+        progress: &mut (dyn FnMut(PrepareProgress) -> bool + Send),
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<()> {
+        let layers = &self.image.archive().layers;
+        let total = layers.len();
+        if total == 0 {
+            return Ok(());
+        }
+        // Jobs: runs of spans; a run is cut (after 8 spans) only where a new
+        // checkpoint starts, so spans that share one (a single-frame zstd layer)
+        // are decoded in one pass.
+        let mut jobs: Vec<(usize, usize, usize)> = Vec::new();
+        let mut left = vec![0usize; total];
+        for (li, l) in layers.iter().enumerate() {
+            let spans = &l.codec.spans;
+            let mut k = 0;
+            while k < spans.len() {
+                let mut j = k;
+                while j + 1 < spans.len()
+                    && (j + 1 - k < 8 || spans[j + 1].checkpoint == spans[j].checkpoint)
+                {
+                    j += 1;
+                }
+                jobs.push((li, k, j));
+                left[li] += 1;
+                k = j + 1;
+            }
+        }
+        let state = Mutex::new(PrepState {
+            next: 0,
+            left,
+            done: PrepareProgress {
+                completed: 0,
+                total,
+                bytes: 0,
+            },
+            error: None,
+            stop: false,
+        });
+        let progress = Mutex::new(progress);
+        if !(progress.lock().expect("progress lock"))(PrepareProgress {
+            completed: 0,
+            total,
+            bytes: 0,
+        }) {
+            return Err(Error::Canceled);
+        }
+        // Layers with no spans are done at once.
+        for (li, l) in layers.iter().enumerate() {
+            if l.codec.spans.is_empty() {
+                self.layer_done(li, &state, &progress);
+            }
+        }
+        std::thread::scope(|s| {
+            for _ in 0..concurrency.max(1) {
+                s.spawn(|| {
+                    loop {
+                        let job = {
+                            let mut st = state.lock().expect("prepare lock");
+                            if st.stop || cancel.load(Ordering::Relaxed) {
+                                st.stop = true;
+                                return;
+                            }
+                            match jobs.get(st.next) {
+                                Some(j) => {
+                                    st.next += 1;
+                                    *j
+                                }
+                                None => return,
+                            }
+                        };
+                        let (li, first, last) = job;
+                        if let Err(e) = self.prepare_run(li, first, last) {
+                            let mut st = state.lock().expect("prepare lock");
+                            st.error.get_or_insert(e);
+                            st.stop = true;
+                            return;
+                        }
+                        let finished = {
+                            let mut st = state.lock().expect("prepare lock");
+                            st.left[li] -= 1;
+                            st.left[li] == 0
+                        };
+                        if finished {
+                            self.layer_done(li, &state, &progress);
+                        }
+                    }
+                });
+            }
+        });
+        let st = state.into_inner().expect("prepare lock");
+        if let Some(e) = st.error {
+            return Err(e);
+        }
+        if st.stop || cancel.load(Ordering::Relaxed) {
+            return Err(Error::Canceled);
+        }
+        // Offer what the tier lacks (from the cache now: no source bytes), and wait.
+        for li in 0..total {
+            self.maybe_warm(li);
+        }
+        self.wait_background(Duration::from_secs(24 * 3600));
+        Ok(())
+    }
+
+    /// Counts layer `li` done and reports it.
+    fn layer_done(
+        &self,
+        li: usize,
+        state: &Mutex<PrepState>,
+        progress: &Mutex<&mut (dyn FnMut(PrepareProgress) -> bool + Send)>,
+    ) {
+        // Report under the progress lock, so calls arrive in order.
+        let mut p = progress.lock().expect("progress lock");
+        let snap = {
+            let mut st = state.lock().expect("prepare lock");
+            st.done.completed += 1;
+            st.done.bytes += self.image.archive().layers[li].codec.uncompressed_size;
+            st.done
+        };
+        if !(*p)(snap) {
+            state.lock().expect("prepare lock").stop = true;
+        }
+    }
+
+    /// Makes spans `first..=last` of `layer` cached: from the tier where it has
+    /// them, else runs of missing spans decoded in one pass each.
+    fn prepare_run(&self, layer: usize, first: usize, last: usize) -> Result<()> {
+        let codec = &self.image.archive().layers[layer].codec;
+        let mut k = first;
+        while k <= last {
+            let hash = codec.spans[k].hash;
+            if self.cached_file(layer, k, &hash)?.is_some() {
+                k += 1;
+                continue;
+            }
+            if let TierRead::Hit(data) = self.read_tier(layer, k, &hash) {
+                self.persist(&hash, data);
+                k += 1;
+                continue;
+            }
+            let mut j = k;
+            while j < last && !self.span_path(&codec.spans[j + 1].hash).exists() {
+                j += 1;
+            }
+            self.counters
+                .fetches
+                .fetch_add((j - k + 1) as u64, Ordering::Relaxed);
+            let started = std::time::Instant::now();
+            let mut cur: Vec<u8> = Vec::new();
+            let mut span = k;
+            let r = self.image.decode_spans(layer, k, j, &mut |_, d| {
+                let mut d = d;
+                while !d.is_empty() {
+                    let (s, e) = codec.span_range(span);
+                    let want = (e - s) as usize - cur.len();
+                    let n = want.min(d.len());
+                    cur.extend_from_slice(&d[..n]);
+                    d = &d[n..];
+                    if cur.len() as u64 == e - s {
+                        // decode_spans has verified the span's hash by now.
+                        self.persist(&codec.spans[span].hash, std::mem::take(&mut cur));
+                        span += 1;
+                    }
+                }
+                Ok(())
+            });
+            self.span_event(
+                trace::OP_CHECKPOINT_READ,
+                layer,
+                k,
+                0,
+                started,
+                r.as_ref().err(),
+                &[("cache_result", "miss"), ("cache_tier", "source")],
+            );
+            r?;
+            k = j + 1;
+        }
+        Ok(())
     }
 
     fn prefetch_next(&self, layer: usize, k: usize) {
@@ -448,5 +1241,54 @@ impl Store {
         std::thread::spawn(move || {
             let _ = me.fetch(layer, k, hash);
         });
+    }
+}
+
+/// The last look at the cache's free space.
+#[derive(Debug, Default)]
+struct SpaceCheck {
+    /// Below the floor then.
+    low: bool,
+    /// When.
+    at: Option<std::time::Instant>,
+    /// Bytes that could still be written before the floor, as of then minus the
+    /// writes since.
+    headroom: u64,
+}
+
+/// The shared state of a [`Store::prepare`].
+struct PrepState {
+    next: usize,
+    left: Vec<usize>,
+    done: PrepareProgress,
+    error: Option<Error>,
+    stop: bool,
+}
+
+/// Bytes free for unprivileged users on the file system holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// The default free-space floor for a cache in `dir`: 10% of its file system, at
+/// most 16 GiB.
+fn default_min_free(dir: &Path) -> u64 {
+    match rustix::fs::statvfs(dir) {
+        Ok(st) => (st.f_blocks.saturating_mul(st.f_frsize) / 100 * DEFAULT_MIN_FREE_PERCENT)
+            .min(DEFAULT_MIN_FREE_CAP),
+        Err(_) => 0,
+    }
+}
+
+/// The `content_cache_result` of an outcome that delivered nothing.
+fn outcome_name<T>(o: &Outcome<T>) -> &'static str {
+    match o {
+        Outcome::Done(_) => "hit",
+        Outcome::Error(TierError::Miss) => "miss",
+        Outcome::Error(TierError::Unavailable(_)) => "unavailable",
+        Outcome::Error(TierError::Failed(_)) => "error",
+        Outcome::TimedOut => "timeout",
+        Outcome::Skipped => "skipped",
     }
 }

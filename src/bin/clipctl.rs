@@ -161,6 +161,8 @@ enum Cmd {
         /// Span cache size limit (a number with an optional KiB/MiB/GiB suffix).
         #[arg(long, default_value = "10GiB")]
         cache_size: String,
+        #[command(flatten)]
+        tier: TierArgs,
         /// Let other users access the mount.
         #[arg(long)]
         allow_other: bool,
@@ -173,6 +175,32 @@ enum Cmd {
         /// Internal: print "ready" on stdout once mounted (used by --daemon).
         #[arg(long, hide = true)]
         notify_ready: bool,
+    },
+    /// Fetch and verify every span of every layer into the span cache (from the
+    /// shared content tier first), so that a mount then reads nothing from the
+    /// layer sources; layers the tier lacks are stored into it.
+    Prefetch {
+        /// The archive.
+        archive: PathBuf,
+        /// The OCI layout holding the layers (default: the registry the archive
+        /// names, else the layout it was indexed from).
+        #[arg(long)]
+        layout: Option<PathBuf>,
+        #[command(flatten)]
+        reg: RegistryArgs,
+        #[command(flatten)]
+        s3: S3Args,
+        /// Span cache directory (default: $CLIP_CACHE_DIR, ~/.cache/clip).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Span cache size limit (a number with an optional KiB/MiB/GiB suffix).
+        #[arg(long, default_value = "10GiB")]
+        cache_size: String,
+        #[command(flatten)]
+        tier: TierArgs,
+        /// Runs of spans fetched at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
     },
     /// Unmount a clip mount.
     Umount {
@@ -245,10 +273,21 @@ impl RegistryArgs {
     }
 
     fn sources(&self, layout: Option<PathBuf>, s3: &S3Args) -> Result<SourceOptions> {
+        self.sources_with(layout, s3, None)
+    }
+
+    /// [`RegistryArgs::sources`] for a command with a remote-cache option.
+    fn sources_with(
+        &self,
+        layout: Option<PathBuf>,
+        s3: &S3Args,
+        tier: Option<&TierArgs>,
+    ) -> Result<SourceOptions> {
+        let tier = tier.is_some_and(|t| t.remote_cache.is_some());
         Ok(SourceOptions {
             layout,
             registry: self.options()?,
-            s3: s3.location()?,
+            s3: s3.location_with(tier)?,
             data_archive: s3.data_archive.clone(),
             ..Default::default()
         })
@@ -278,14 +317,27 @@ struct S3Args {
 
 impl S3Args {
     /// The location given, if any. Credentials come from the `AWS_*` variables.
-    fn location(&self) -> Result<Option<clip::s3::S3Location>> {
+    /// `--endpoint`, `--region` and `--path-style` go with `--s3` or, where the
+    /// command has one, `--remote-cache` (`tier`).
+    fn location_with(&self, tier: bool) -> Result<Option<clip::s3::S3Location>> {
         let Some(url) = &self.s3 else {
-            if self.endpoint.is_some() || self.region.is_some() || self.path_style {
-                bail!("--endpoint, --region and --path-style go with --s3");
+            if !tier && (self.endpoint.is_some() || self.region.is_some() || self.path_style) {
+                bail!("--endpoint, --region and --path-style go with --s3 or --remote-cache");
             }
             return Ok(None);
         };
         let mut loc = clip::s3::S3Location::parse_url(url)?;
+        self.apply(&mut loc);
+        Ok(Some(loc))
+    }
+
+    /// [`S3Args::location_with`] for a command without a remote cache.
+    fn location(&self) -> Result<Option<clip::s3::S3Location>> {
+        self.location_with(false)
+    }
+
+    /// Sets endpoint, region and path style on `loc` as given.
+    fn apply(&self, loc: &mut clip::s3::S3Location) {
         if let Some(e) = &self.endpoint {
             loc.endpoint = e.clone();
         }
@@ -293,7 +345,58 @@ impl S3Args {
             loc.region = r.clone();
         }
         loc.path_style |= self.path_style;
-        Ok(Some(loc))
+    }
+}
+
+/// The span cache's floor and the shared content tier.
+#[derive(clap::Args)]
+struct TierArgs {
+    /// Free space the span cache leaves on its file system (default: 10% of it,
+    /// at most 16GiB).
+    #[arg(long, value_name = "SIZE")]
+    cache_min_free: Option<String>,
+    /// A shared content tier in an S3-compatible bucket (`s3://BUCKET/PREFIX`;
+    /// --endpoint, --region and --path-style apply, credentials from AWS_*):
+    /// spans missing here are read from it before the layer source, and layers
+    /// it lacks are stored into it.
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    remote_cache: Option<String>,
+    /// The longest a read waits for the remote cache, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    remote_cache_timeout_ms: u64,
+    /// Only read the remote cache; never store layers into it.
+    #[arg(long)]
+    remote_cache_read_only: bool,
+}
+
+impl TierArgs {
+    /// Applies the options to `opts`; `s3` gives endpoint, region and path style.
+    fn apply(&self, opts: &mut clip::mount::MountOptions, s3: &S3Args) -> Result<()> {
+        if let Some(m) = &self.cache_min_free {
+            opts.cache_min_free_bytes = parse_size(m)?;
+        }
+        let Some(url) = &self.remote_cache else {
+            return Ok(());
+        };
+        let mut loc = clip::s3::S3Location::parse_url(url)?;
+        s3.apply(&mut loc);
+        // A tier is only worth asking if it answers fast: few retries, short waits.
+        let s3_opts = clip::s3::S3Options {
+            retries: 1,
+            timeout: std::time::Duration::from_secs(5),
+            ..Default::default()
+        };
+        let t = clip::tier::S3Tier::open(&loc, &s3_opts)?;
+        let topts = clip::tier::TierOptions {
+            timeout: std::time::Duration::from_millis(self.remote_cache_timeout_ms),
+            warm: !self.remote_cache_read_only,
+            ..Default::default()
+        };
+        opts.tier = Some(std::sync::Arc::new(clip::tier::Tier::new(
+            std::sync::Arc::new(t),
+            topts,
+        )));
+        Ok(())
     }
 }
 
@@ -540,6 +643,7 @@ fn run(cmd: Cmd) -> Result<()> {
             s3,
             cache_dir,
             cache_size,
+            tier,
             allow_other,
             daemon,
             stats_file,
@@ -548,12 +652,13 @@ fn run(cmd: Cmd) -> Result<()> {
             if daemon {
                 return daemonize();
             }
-            let img = Image::open(&archive, &reg.sources(layout, &s3)?)?;
+            let img = Image::open(&archive, &reg.sources_with(layout, &s3, Some(&tier))?)?;
             let mut opts = clip::mount::MountOptions {
                 cache_max_bytes: parse_size(&cache_size)?,
                 allow_other,
                 ..Default::default()
             };
+            tier.apply(&mut opts, &s3)?;
             if let Some(d) = cache_dir {
                 opts.cache_dir = d;
             }
@@ -589,6 +694,55 @@ fn run(cmd: Cmd) -> Result<()> {
             waiter
                 .join()
                 .map_err(|_| anyhow::anyhow!("mount thread panicked"))??;
+            // Layers being stored into the remote cache: finish them, or the next
+            // machine pays for them again.
+            if !m
+                .store()
+                .wait_background(std::time::Duration::from_millis(200))
+            {
+                eprintln!("clipctl: finishing uploads to the remote cache");
+                m.store()
+                    .wait_background(std::time::Duration::from_secs(3600));
+            }
+            write_stats(&m)?;
+        }
+        Cmd::Prefetch {
+            archive,
+            layout,
+            reg,
+            s3,
+            cache_dir,
+            cache_size,
+            tier,
+            concurrency,
+        } => {
+            let img = Image::open(&archive, &reg.sources_with(layout, &s3, Some(&tier))?)?;
+            let mut opts = clip::mount::MountOptions {
+                cache_max_bytes: parse_size(&cache_size)?,
+                ..Default::default()
+            };
+            tier.apply(&mut opts, &s3)?;
+            if let Some(d) = cache_dir {
+                opts.cache_dir = d;
+            }
+            let store = clip::store::Store::with_options(
+                std::sync::Arc::new(img),
+                &opts.cache_dir,
+                opts.store_options(),
+            )?;
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone())?;
+            }
+            let mut progress = |p: clip::store::PrepareProgress| {
+                eprintln!(
+                    "prefetch: {}/{} layers, {} bytes",
+                    p.completed, p.total, p.bytes
+                );
+                true
+            };
+            store.prepare(concurrency, &mut progress, &stop)?;
+            eprintln!("{}", stats_json(serde_json::to_value(store.stats())?));
         }
         Cmd::Umount { mountpoint } => clip::mount::unmount_path(&mountpoint)?,
         Cmd::Extract {

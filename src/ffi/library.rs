@@ -15,16 +15,21 @@ use super::*;
 pub const CLIP_REGISTRY_OPTIONS_VERSION: c_uint = 1;
 /// Current version of `clip_create_options`.
 pub const CLIP_CREATE_OPTIONS_VERSION: c_uint = 1;
-/// Current version of `clip_mount_options` (2 added `s3` and `data_archive`).
-pub const CLIP_MOUNT_OPTIONS_VERSION: c_uint = 2;
-/// Current version of `clip_stats`.
-pub const CLIP_STATS_VERSION: c_uint = 1;
+/// Current version of `clip_mount_options` (2 added `s3` and `data_archive`, 3 the
+/// content tier and the free-space floor).
+pub const CLIP_MOUNT_OPTIONS_VERSION: c_uint = 3;
+/// Current version of `clip_stats` (2 added the content-tier counters).
+pub const CLIP_STATS_VERSION: c_uint = 2;
 /// Current version of `clip_pack_options`.
 pub const CLIP_PACK_OPTIONS_VERSION: c_uint = 1;
 /// Current version of `clip_s3_options`.
 pub const CLIP_S3_OPTIONS_VERSION: c_uint = 1;
 /// Current version of `clip_upload_options`.
 pub const CLIP_UPLOAD_OPTIONS_VERSION: c_uint = 1;
+/// Current version of `clip_content_cache`.
+pub const CLIP_CONTENT_CACHE_VERSION: c_uint = 1;
+/// Current version of `clip_prepare_options`.
+pub const CLIP_PREPARE_OPTIONS_VERSION: c_uint = 1;
 
 /// `credential_kind`: no static credential; ask the callback if any, then the
 /// default chain (auth file, then anonymous).

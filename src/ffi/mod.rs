@@ -26,8 +26,10 @@
 //!   last error, strings, log level);
 //! - `cancel`: cancel tokens; `registry`: registry options and credentials;
 //! - `create`: creating index-only archives; `pack`: packing directories into
-//!   v1 archives; `s3`: S3 locations, uploads and `.rclip`s; `archive`: reading
-//!   archives; `mount`: mounts;
+//!   v1 archives; `s3`: S3 locations, uploads and `.rclip`s; `cache`: the
+//!   shared content tier (callbacks) and the gate that stops callbacks once
+//!   their owner is freed; `archive`: reading archives; `mount`: mounts and
+//!   preparing their cache;
 //! - this file: the pointer and string helpers, the only places raw pointers
 //!   are read or written.
 #![allow(non_camel_case_types)]
@@ -50,6 +52,8 @@ mod pack;
 
 mod s3;
 
+mod cache;
+
 mod archive;
 
 mod mount;
@@ -59,6 +63,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 pub use archive::*;
+pub use cache::*;
 pub use cancel::*;
 pub use create::*;
 pub use error::*;
@@ -359,8 +364,8 @@ mod tests {
             clip_mount_options_init(p, CLIP_MOUNT_OPTIONS_VERSION),
             CLIP_OK
         );
-        assert_eq!(c_versioned(p.cast_const(), "opts").unwrap().version, 2);
-        cur[0] = 3;
+        assert_eq!(c_versioned(p.cast_const(), "opts").unwrap().version, 3);
+        cur[0] = 4;
         assert_eq!(
             c_versioned(p.cast_const(), "opts").err().map(|f| f.code),
             Some(CLIP_EVERSION)

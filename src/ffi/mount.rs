@@ -1,15 +1,18 @@
 //! Mounts (`clip_mount`): options, the read observer, mount, wait, unmount,
-//! counters, free.
+//! counters, free; and preparing a mount's cache ahead of it (`clip_prepare`).
 
 use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use super::*;
 use crate::fs::ReadEvent;
 use crate::image::{Image, SourceOptions};
 use crate::mount::{Mount, MountOptions};
+use crate::store::{PrepareProgress, Store};
+use crate::tier::{S3Tier, Tier, TierOptions};
 
 // ---------------------------------------------------------------------------
 // Mounts
@@ -18,6 +21,17 @@ use crate::mount::{Mount, MountOptions};
 /// A live FUSE mount of an archive.
 pub struct clip_mount {
     mount: Mount,
+    /// Closed by `clip_mount_free`: no callback of the caller's runs after it.
+    gate: Arc<Gate>,
+}
+
+/// An attribute of a read event: `key=value`, both C strings.
+#[repr(C)]
+pub struct clip_attr {
+    /// The name (`cache_tier`).
+    pub key: *const c_char,
+    /// The value (`disk`).
+    pub value: *const c_char,
 }
 
 /// One file read a mount served (see `clip_read_observer_cb`). Fields may be
@@ -43,10 +57,27 @@ pub struct clip_read_event {
     pub error_code: c_int,
     /// Why the read failed, or NULL if it did not.
     pub error: *const c_char,
+    /// What happened (since 0.x with mount options version 3): `clip.read` for a
+    /// read the kernel sent (the fields above describe it), or span work below
+    /// reads: `clip.disk_cache_read`, `clip.content_cache_read`,
+    /// `clip.checkpoint_read`, `clip.layer_decompress` (then `path` is empty,
+    /// `offset`/`length` are the span's in the uncompressed layer, `pid` is 0
+    /// for background work).
+    pub operation: *const c_char,
+    /// The sha256 of the uncompressed layer (`sha256:...`), the content tier's key.
+    pub decompressed_hash: *const c_char,
+    /// `attrs_len` attributes (`cache_result`, `cache_tier`, `fallback`,
+    /// `storage_mode`, `content_hash`, `content_cache_result`,
+    /// `content_cache_available`, `content_cache_warm`; docs/C-ABI.md lists
+    /// their values).
+    pub attrs: *const clip_attr,
+    /// Number of `attrs`.
+    pub attrs_len: usize,
 }
 
-/// Told of each file read a mount serves, after the reply. Reads the kernel
-/// answers from its page cache are not seen.
+/// Told of each file read a mount serves, after the reply, and of the span work
+/// below reads (see `clip_read_event.operation`). Reads the kernel answers from
+/// its page cache are not seen.
 ///
 /// Thread-safety: called from the mount's read threads, concurrently (a slow
 /// observer holds a read thread). `event` and its strings are valid only during
@@ -94,15 +125,37 @@ pub struct clip_mount_options {
     /// the data from instead of S3 (its data offsets are the ones the `.rclip`
     /// records); NULL for none. Ignored for other archives.
     pub data_archive: *const c_char,
+    /// Version 3. Free space the span cache leaves on its file system, in bytes:
+    /// past it the cache evicts, and serves new spans from memory while it
+    /// cannot; 0 for the default (10% of the file system, at most 16 GiB).
+    pub cache_min_free_bytes: u64,
+    /// Version 3. A content cache of the caller's as the shared content tier
+    /// (see `clip_content_cache`), for index-only archives; NULL for none.
+    /// Copied during the call; its payload must stay valid until
+    /// `clip_mount_free`.
+    pub content_cache: *const clip_content_cache,
+    /// Version 3. An S3 bucket as the shared content tier: `bucket`, `key` =
+    /// the prefix, and how to reach it; NULL for none. Ignored if
+    /// `content_cache` is given. Read during the call only.
+    pub remote_cache: *const clip_s3_options,
+    /// Version 3. The longest a read waits for the content tier before going to
+    /// the layer source, in milliseconds; 0 for the default (2000).
+    pub content_cache_timeout_ms: c_uint,
+    /// Version 3. Non-zero to only read the content tier: layers it lacks are
+    /// not stored into it (by default they are, in the background, once a read
+    /// had to fetch from the layer source).
+    pub content_cache_read_only: c_int,
 }
 
 // SAFETY: `clip_mount_options` is `#[repr(C)]` of integers, raw pointers and
 // `Option`s of function pointers, version first; version 2 appended `s3` and
-// `data_archive` to version 1, which ended before `s3`.
+// `data_archive` to version 1, which ended before `s3`; version 3 appended
+// `cache_min_free_bytes` and the content-tier fields.
 unsafe impl Versioned for clip_mount_options {
     const NAME: &'static str = "clip_mount_options";
     const SIZES: &'static [usize] = &[
         std::mem::offset_of!(clip_mount_options, s3),
+        std::mem::offset_of!(clip_mount_options, cache_min_free_bytes),
         std::mem::size_of::<clip_mount_options>(),
     ];
 }
@@ -132,6 +185,11 @@ pub extern "C" fn clip_mount_options_init(opts: *mut clip_mount_options, version
                 read_observer_payload: std::ptr::null_mut(),
                 s3: std::ptr::null(),
                 data_archive: std::ptr::null(),
+                cache_min_free_bytes: 0,
+                content_cache: std::ptr::null(),
+                remote_cache: std::ptr::null(),
+                content_cache_timeout_ms: 0,
+                content_cache_read_only: 0,
             },
             version,
         );
@@ -168,71 +226,147 @@ pub extern "C" fn clip_mount_new(
         let out = c_out(out, "out")?;
         let archive_path = c_path(archive_path, "archive_path")?;
         let mountpoint = c_path(mountpoint, "mountpoint")?;
-        let stopped = Arc::new(AtomicBool::new(false));
-        let mut src = SourceOptions::default();
-        let mut mo = MountOptions::default();
-        let mut s3 = None;
-        if !opts.is_null() {
-            let o = c_versioned(opts, "opts")?;
-            if let Some(d) = c_path_opt(o.cache_dir, "opts->cache_dir")? {
-                mo.cache_dir = d.to_path_buf();
+        let args = mount_args(opts, archive_path)?;
+        let gate = args.gate.clone();
+        let mounted = stopped_by_callback(
+            Image::bind(args.archive, archive_path, &args.source)
+                .and_then(|image| Mount::new(image, mountpoint, &args.mount)),
+            &args.stopped,
+        );
+        match mounted {
+            Ok(mount) => {
+                write_out(out, Box::into_raw(Box::new(clip_mount { mount, gate })));
+                Ok(())
             }
-            if o.cache_max_bytes > 0 {
-                mo.cache_max_bytes = o.cache_max_bytes;
-            }
-            mo.allow_other = o.allow_other != 0;
-            if o.read_threads > 0 {
-                mo.read_threads = o.read_threads as usize;
-            }
-            if o.event_threads > 0 {
-                mo.event_threads = o.event_threads as usize;
-            }
-            src.layout = c_path_opt(o.layout, "opts->layout")?.map(Path::to_path_buf);
-            src.registry = registry_options(o.registry, &stopped)?;
-            if !o.s3.is_null() {
-                s3 = Some(s3_args(o.s3, "opts->s3")?);
-            }
-            src.data_archive =
-                c_path_opt(o.data_archive, "opts->data_archive")?.map(Path::to_path_buf);
-            if let Some(cb) = o.read_observer {
-                let payload = Payload(o.read_observer_payload);
-                mo.read_observer = Some(Arc::new(move |e: &ReadEvent<'_>| {
-                    let path = callback_string(e.path);
-                    let digest = callback_string(e.layer_digest.to_string().as_bytes());
-                    let error = e.error.map(|e| callback_string(e.to_string().as_bytes()));
-                    let event = clip_read_event {
-                        path: path.as_ptr(),
-                        offset: e.offset,
-                        length: e.length,
-                        bytes_read: e.bytes_read,
-                        duration_ns: e.duration.as_nanos().min(u64::MAX as u128) as u64,
-                        pid: e.pid,
-                        layer_digest: digest.as_ptr(),
-                        error_code: e.error.map_or(CLIP_OK, |e| code_of(e.code())),
-                        error: error.as_ref().map_or(std::ptr::null(), |e| e.as_ptr()),
-                    };
-                    // SAFETY: the header documents the observer's contract; `event`
-                    // and its strings live until the call returns.
-                    unsafe { cb(&event, payload.get()) }
-                }));
+            Err(e) => {
+                gate.close();
+                Err(e)
             }
         }
-        let archive = crate::archive::read(archive_path)?;
-        if let Some(a) = s3 {
-            src.s3_options = a.options;
-            src.s3 = a.location.map(|mut loc| {
-                if !a.has_key {
-                    // A bucket without a key: the key the archive names.
-                    let named = archive.meta.storage.as_ref().and_then(|s| s.s3.as_ref());
-                    loc.key = named.map(|l| l.key.clone()).unwrap_or_default();
+    })
+}
+
+/// What `clip_mount_options` say, read into the Rust API's options.
+struct MountArgs {
+    archive: crate::archive::Archive,
+    source: SourceOptions,
+    mount: MountOptions,
+    stopped: Arc<AtomicBool>,
+    gate: Arc<Gate>,
+}
+
+/// Reads `opts` (NULL: the defaults) and the archive at `archive_path`.
+fn mount_args(opts: *const clip_mount_options, archive_path: &Path) -> FfiResult<MountArgs> {
+    let stopped = Arc::new(AtomicBool::new(false));
+    let gate = Arc::new(Gate::default());
+    let mut src = SourceOptions::default();
+    let mut mo = MountOptions::default();
+    let mut s3 = None;
+    if !opts.is_null() {
+        let o = c_versioned(opts, "opts")?;
+        if let Some(d) = c_path_opt(o.cache_dir, "opts->cache_dir")? {
+            mo.cache_dir = d.to_path_buf();
+        }
+        if o.cache_max_bytes > 0 {
+            mo.cache_max_bytes = o.cache_max_bytes;
+        }
+        mo.cache_min_free_bytes = o.cache_min_free_bytes;
+        mo.allow_other = o.allow_other != 0;
+        if o.read_threads > 0 {
+            mo.read_threads = o.read_threads as usize;
+        }
+        if o.event_threads > 0 {
+            mo.event_threads = o.event_threads as usize;
+        }
+        src.layout = c_path_opt(o.layout, "opts->layout")?.map(Path::to_path_buf);
+        src.registry = registry_options(o.registry, &stopped)?;
+        if !o.s3.is_null() {
+            s3 = Some(s3_args(o.s3, "opts->s3")?);
+        }
+        src.data_archive = c_path_opt(o.data_archive, "opts->data_archive")?.map(Path::to_path_buf);
+        let mut tier_opts = TierOptions::default();
+        if o.content_cache_timeout_ms > 0 {
+            tier_opts.timeout = Duration::from_millis(o.content_cache_timeout_ms as u64);
+        }
+        tier_opts.warm = o.content_cache_read_only == 0;
+        if !o.content_cache.is_null() {
+            let t = callback_tier(o.content_cache, "opts->content_cache", gate.clone())?;
+            mo.tier = Some(Arc::new(Tier::new(t, tier_opts)));
+        } else if !o.remote_cache.is_null() {
+            let a = s3_args(o.remote_cache, "opts->remote_cache")?;
+            let loc = match a.location {
+                Some(l) if a.has_key => l,
+                _ => {
+                    return Err(Failure::invalid(
+                        "opts->remote_cache needs a bucket and a key (the prefix)",
+                    ));
                 }
-                loc
-            });
+            };
+            let t = S3Tier::open(&loc, &a.options)?;
+            mo.tier = Some(Arc::new(Tier::new(Arc::new(t), tier_opts)));
         }
-        let image = stopped_by_callback(Image::bind(archive, archive_path, &src), &stopped)?;
-        let mount = stopped_by_callback(Mount::new(image, mountpoint, &mo), &stopped)?;
-        write_out(out, Box::into_raw(Box::new(clip_mount { mount })));
-        Ok(())
+        if let Some(cb) = o.read_observer {
+            let payload = Payload(o.read_observer_payload);
+            let gate = gate.clone();
+            mo.read_observer = Some(Arc::new(move |e: &ReadEvent<'_>| {
+                let Some(_in) = gate.enter() else { return };
+                let path = callback_string(e.path);
+                let digest = callback_string(e.layer_digest.to_string().as_bytes());
+                let error = e.error.map(|e| callback_string(e.to_string().as_bytes()));
+                let op = callback_string(e.operation.as_bytes());
+                let dh = callback_string(e.decompressed_hash.to_string().as_bytes());
+                let strings: Vec<(std::ffi::CString, std::ffi::CString)> = e
+                    .attrs
+                    .iter()
+                    .map(|(k, v)| (callback_string(k.as_bytes()), callback_string(v.as_bytes())))
+                    .collect();
+                let attrs: Vec<clip_attr> = strings
+                    .iter()
+                    .map(|(k, v)| clip_attr {
+                        key: k.as_ptr(),
+                        value: v.as_ptr(),
+                    })
+                    .collect();
+                let event = clip_read_event {
+                    path: path.as_ptr(),
+                    offset: e.offset,
+                    length: e.length,
+                    bytes_read: e.bytes_read,
+                    duration_ns: e.duration.as_nanos().min(u64::MAX as u128) as u64,
+                    pid: e.pid,
+                    layer_digest: digest.as_ptr(),
+                    error_code: e.error.map_or(CLIP_OK, |e| code_of(e.code())),
+                    error: error.as_ref().map_or(std::ptr::null(), |e| e.as_ptr()),
+                    operation: op.as_ptr(),
+                    decompressed_hash: dh.as_ptr(),
+                    attrs: attrs.as_ptr(),
+                    attrs_len: attrs.len(),
+                };
+                // SAFETY: the header documents the observer's contract; `event`
+                // and its strings live until the call returns, and the gate keeps
+                // the payload's owner alive.
+                unsafe { cb(&event, payload.get()) }
+            }));
+        }
+    }
+    let archive = crate::archive::read(archive_path)?;
+    if let Some(a) = s3 {
+        src.s3_options = a.options;
+        src.s3 = a.location.map(|mut loc| {
+            if !a.has_key {
+                // A bucket without a key: the key the archive names.
+                let named = archive.meta.storage.as_ref().and_then(|s| s.s3.as_ref());
+                loc.key = named.map(|l| l.key.clone()).unwrap_or_default();
+            }
+            loc
+        });
+    }
+    Ok(MountArgs {
+        archive,
+        source: src,
+        mount: mo,
+        stopped,
+        gate,
     })
 }
 
@@ -294,6 +428,30 @@ pub struct clip_stats {
     pub bytes_decoded: u64,
     /// Compressed bytes read from layer sources.
     pub compressed_bytes_read: u64,
+    /// Version 2. Spans read from the content tier (verified).
+    pub tier_hits: u64,
+    /// Version 2. Bytes read from the content tier.
+    pub tier_bytes: u64,
+    /// Version 2. Content-tier reads and look-ups that found nothing.
+    pub tier_misses: u64,
+    /// Version 2. Content-tier calls that failed, timed out, were skipped, or
+    /// gave bytes that failed verification.
+    pub tier_errors: u64,
+    /// Version 2. Layers this mount stored into the content tier.
+    pub tier_stores: u64,
+    /// Version 2. Spans served from memory without caching them (the disk was
+    /// below its free-space floor).
+    pub uncached: u64,
+}
+
+// SAFETY: `clip_stats` is `#[repr(C)]` of integers, version first; version 2
+// appended the fields from `tier_hits` on.
+unsafe impl Versioned for clip_stats {
+    const NAME: &'static str = "clip_stats";
+    const SIZES: &'static [usize] = &[
+        std::mem::offset_of!(clip_stats, tier_hits),
+        std::mem::size_of::<clip_stats>(),
+    ];
 }
 
 /// Reads a mount's counters into `*out`, whose `version` the caller sets first.
@@ -304,12 +462,12 @@ pub struct clip_stats {
 #[unsafe(no_mangle)]
 pub extern "C" fn clip_mount_stats(out: *mut clip_stats, mount: *const clip_mount) -> c_int {
     boundary("clip_mount_stats", || {
-        let o = c_mut(out, "out")?;
-        check_version("clip_stats", o.version, CLIP_STATS_VERSION)?;
+        let version = c_ref(out.cast_const(), "out")?.version;
+        check_version("clip_stats", version, CLIP_STATS_VERSION)?;
         let s = c_ref(mount, "mount")?.mount.stats();
-        // Version 1 has every field below; later versions append.
-        *o = clip_stats {
-            version: o.version,
+        // Only the fields of the caller's version are written.
+        let value = clip_stats {
+            version,
             reads: s.reads,
             bytes_read: s.bytes_read,
             disk_hits: s.disk_hits,
@@ -321,7 +479,14 @@ pub extern "C" fn clip_mount_stats(out: *mut clip_stats, mount: *const clip_moun
             spans_decoded: s.spans_decoded,
             bytes_decoded: s.bytes_decoded,
             compressed_bytes_read: s.compressed_bytes_read,
+            tier_hits: s.tier_hits,
+            tier_bytes: s.tier_bytes,
+            tier_misses: s.tier_misses,
+            tier_errors: s.tier_errors,
+            tier_stores: s.tier_stores,
+            uncached: s.uncached,
         };
+        write_versioned(out, value, version);
         Ok(())
     })
 }
@@ -333,11 +498,160 @@ pub extern "C" fn clip_mount_stats(out: *mut clip_stats, mount: *const clip_moun
 #[unsafe(no_mangle)]
 pub extern "C" fn clip_mount_free(mount: *mut clip_mount) {
     boundary_void("clip_mount_free", || {
-        if let Ok(m) = c_ref(mount, "mount")
-            && let Err(e) = m.mount.unmount()
-        {
-            tracing::warn!("clip_mount_free: {e}");
+        if let Ok(m) = c_ref(mount, "mount") {
+            if let Err(e) = m.mount.unmount() {
+                tracing::warn!("clip_mount_free: {e}");
+            }
+            m.gate.close();
         }
         free_box(mount)
     });
+}
+
+// ---------------------------------------------------------------------------
+// Preparing a mount's cache
+// ---------------------------------------------------------------------------
+
+/// Progress of `clip_prepare`.
+#[repr(C)]
+pub struct clip_prepare_progress {
+    /// Layers done.
+    pub completed: u64,
+    /// Layers in the image.
+    pub total: u64,
+    /// Uncompressed bytes of the layers done.
+    pub bytes: u64,
+}
+
+/// Told of `clip_prepare`'s progress: first with `completed` 0, then once per
+/// finished layer (`completed` 1..total), serially, from the library's threads.
+/// Return 0 to go on, non-zero to stop (the call then returns `CLIP_EUSER`).
+/// `progress` is valid only during the call.
+pub type clip_prepare_progress_cb = Option<
+    unsafe extern "C" fn(progress: *const clip_prepare_progress, payload: *mut c_void) -> c_int,
+>;
+
+/// Options of `clip_prepare`. Initialise with `clip_prepare_options_init`.
+#[repr(C)]
+pub struct clip_prepare_options {
+    /// `CLIP_PREPARE_OPTIONS_VERSION`.
+    pub version: c_uint,
+    /// Spans fetched at once (runs of spans, across layers); 0 for the default (8).
+    pub concurrency: c_uint,
+    /// Told of progress; NULL for none.
+    pub progress: clip_prepare_progress_cb,
+    /// Handed to `progress`.
+    pub progress_payload: *mut c_void,
+    /// Cancels the call; NULL for none.
+    pub cancel: *const clip_cancel,
+}
+
+/// Fills `opts` with the defaults of `version` (pass
+/// `CLIP_PREPARE_OPTIONS_VERSION`).
+///
+/// Returns: 0; `CLIP_EINVALID` if `opts` is NULL; `CLIP_EVERSION` for a version
+/// this library does not know.
+#[unsafe(no_mangle)]
+pub extern "C" fn clip_prepare_options_init(
+    opts: *mut clip_prepare_options,
+    version: c_uint,
+) -> c_int {
+    boundary("clip_prepare_options_init", || {
+        check_version(
+            "clip_prepare_options",
+            version,
+            CLIP_PREPARE_OPTIONS_VERSION,
+        )?;
+        let o = c_out_struct(opts, "opts")?;
+        write_struct(
+            o,
+            clip_prepare_options {
+                version,
+                concurrency: 0,
+                progress: None,
+                progress_payload: std::ptr::null_mut(),
+                cancel: std::ptr::null(),
+            },
+        );
+        Ok(())
+    })
+}
+
+/// Fetches and verifies every span of every layer of the archive at
+/// `archive_path` into the span cache `mount_opts` names (from its content tier
+/// first), so that a mount with the same options then reads nothing from the
+/// layer sources; layers the content tier lacks are stored into it (unless
+/// `content_cache_read_only`), and the call waits for that. `mount_opts` are read
+/// as by `clip_mount_new` (NULL: defaults); nothing is mounted.
+///
+/// Returns: 0; the codes of `clip_mount_new` for bad options or archives;
+/// `CLIP_ECANCELED` if `opts->cancel` was cancelled; `CLIP_EUSER` if the progress
+/// callback stopped it; `CLIP_ENETWORK` / `CLIP_EAUTH` / `CLIP_EFORMAT` if a layer
+/// cannot be fetched or fails verification.
+/// Thread-safety: blocks until done; callbacks of `mount_opts` are not called
+/// after it returns.
+#[unsafe(no_mangle)]
+pub extern "C" fn clip_prepare(
+    archive_path: *const c_char,
+    mount_opts: *const clip_mount_options,
+    opts: *const clip_prepare_options,
+) -> c_int {
+    boundary("clip_prepare", || {
+        crate::log::init();
+        let archive_path = c_path(archive_path, "archive_path")?;
+        let mut concurrency = 8usize;
+        let mut cb: clip_prepare_progress_cb = None;
+        let mut payload = Payload(std::ptr::null_mut());
+        let mut cancel = Arc::new(AtomicBool::new(false));
+        if !opts.is_null() {
+            let o = c_ref(opts, "opts")?;
+            check_version(
+                "clip_prepare_options",
+                o.version,
+                CLIP_PREPARE_OPTIONS_VERSION,
+            )?;
+            if o.concurrency > 0 {
+                concurrency = o.concurrency as usize;
+            }
+            cb = o.progress;
+            payload = Payload(o.progress_payload);
+            if !o.cancel.is_null() {
+                cancel = c_ref(o.cancel, "opts->cancel")?.flag.clone();
+            }
+        }
+        let args = mount_args(mount_opts, archive_path)?;
+        let gate = args.gate.clone();
+        let mut user_stop = false;
+        let r = Image::bind(args.archive, archive_path, &args.source)
+            .and_then(|image| {
+                Store::with_options(
+                    Arc::new(image),
+                    &args.mount.cache_dir,
+                    args.mount.store_options(),
+                )
+            })
+            .and_then(|store| {
+                let mut progress = |p: PrepareProgress| {
+                    let Some(f) = cb else { return true };
+                    let c = clip_prepare_progress {
+                        completed: p.completed as u64,
+                        total: p.total as u64,
+                        bytes: p.bytes,
+                    };
+                    // SAFETY: the header documents the callback's contract; `c`
+                    // lives until it returns.
+                    let go_on = unsafe { f(&c, payload.get()) } == 0;
+                    user_stop |= !go_on;
+                    go_on
+                };
+                store.prepare(concurrency, &mut progress, &cancel)
+            });
+        gate.close();
+        match r {
+            Err(crate::Error::Canceled) if user_stop => {
+                Err(Failure::new(CLIP_EUSER, "stopped by the progress callback"))
+            }
+            r => Ok(stopped_by_callback(r, &args.stopped)?),
+        }
+    })
 }
