@@ -115,14 +115,15 @@
 #define CLIP_CREATE_OPTIONS_VERSION 1
 
 /**
- * Current version of `clip_mount_options` (2 added `s3` and `data_archive`).
+ * Current version of `clip_mount_options` (2 added `s3` and `data_archive`, 3 the
+ * content tier and the free-space floor).
  */
-#define CLIP_MOUNT_OPTIONS_VERSION 2
+#define CLIP_MOUNT_OPTIONS_VERSION 3
 
 /**
- * Current version of `clip_stats`.
+ * Current version of `clip_stats` (2 added the content-tier counters).
  */
-#define CLIP_STATS_VERSION 1
+#define CLIP_STATS_VERSION 2
 
 /**
  * Current version of `clip_pack_options`.
@@ -138,6 +139,16 @@
  * Current version of `clip_upload_options`.
  */
 #define CLIP_UPLOAD_OPTIONS_VERSION 1
+
+/**
+ * Current version of `clip_content_cache`.
+ */
+#define CLIP_CONTENT_CACHE_VERSION 1
+
+/**
+ * Current version of `clip_prepare_options`.
+ */
+#define CLIP_PREPARE_OPTIONS_VERSION 1
 
 /**
  * `credential_kind`: no static credential; ask the callback if any, then the
@@ -526,6 +537,67 @@ typedef struct clip_upload_options {
 } clip_upload_options;
 
 /**
+ * A content cache of the caller's (a cluster cache) used as the shared content
+ * tier of a mount: whole uncompressed layers, each under the bare sha256 hex of
+ * its uncompressed stream (`DecompressedHash`), read by range. Initialise with
+ * `clip_content_cache_init`.
+ *
+ * Callbacks return `CLIP_OK` on success, `CLIP_ENOTFOUND` for "not held" (a
+ * miss), `CLIP_ENETWORK` for "unavailable now" (the tier is then not asked for
+ * a while), any other negative code for another failure. No failure fails a
+ * read: the layer source serves it.
+ *
+ * Thread-safety: the callbacks are called from the library's threads,
+ * concurrently. A read waits for a callback at most
+ * `clip_mount_options.content_cache_timeout_ms` and then goes on without it;
+ * the callback keeps its thread until it returns. `clip_mount_free` (and
+ * `clip_prepare` before returning) waits for callbacks in progress and calls
+ * none after, so `payload` need only stay valid until then. Strings and buffers
+ * are valid only during a call.
+ */
+typedef struct clip_content_cache {
+  /**
+   * `CLIP_CONTENT_CACHE_VERSION`.
+   */
+  unsigned int version;
+  /**
+   * Whether the cache holds `key` with exactly `size` bytes: 1 if so, 0 if
+   * not, `CLIP_EUNSUPPORTED` if it cannot tell (reads are then tried), or an
+   * error code. NULL: it cannot tell.
+   */
+  int (*exists)(const char *key, uint64_t size, void *payload);
+  /**
+   * Fills all `len` bytes of `buf` with the bytes of `key` at `offset`.
+   * Required.
+   */
+  int (*read)(const char *key, uint64_t offset, uint8_t *buf, uint64_t len, void *payload);
+  /**
+   * Stores the file at `path` (the whole uncompressed layer) under `key`;
+   * called from a background thread and may take long. NULL: the cache is
+   * only read.
+   */
+  int (*store_file)(const char *key, const char *path, void *payload);
+  /**
+   * Handed to the callbacks.
+   */
+  void *payload;
+} clip_content_cache;
+
+/**
+ * An attribute of a read event: `key=value`, both C strings.
+ */
+typedef struct clip_attr {
+  /**
+   * The name (`cache_tier`).
+   */
+  const char *key;
+  /**
+   * The value (`disk`).
+   */
+  const char *value;
+} clip_attr;
+
+/**
  * One file read a mount served (see `clip_read_observer_cb`). Fields may be
  * appended in later versions.
  */
@@ -567,11 +639,36 @@ typedef struct clip_read_event {
    * Why the read failed, or NULL if it did not.
    */
   const char *error;
+  /**
+   * What happened (since 0.x with mount options version 3): `clip.read` for a
+   * read the kernel sent (the fields above describe it), or span work below
+   * reads: `clip.disk_cache_read`, `clip.content_cache_read`,
+   * `clip.checkpoint_read`, `clip.layer_decompress` (then `path` is empty,
+   * `offset`/`length` are the span's in the uncompressed layer, `pid` is 0
+   * for background work).
+   */
+  const char *operation;
+  /**
+   * The sha256 of the uncompressed layer (`sha256:...`), the content tier's key.
+   */
+  const char *decompressed_hash;
+  /**
+   * `attrs_len` attributes (`cache_result`, `cache_tier`, `fallback`,
+   * `storage_mode`, `content_hash`, `content_cache_result`,
+   * `content_cache_available`, `content_cache_warm`; docs/C-ABI.md lists
+   * their values).
+   */
+  const struct clip_attr *attrs;
+  /**
+   * Number of `attrs`.
+   */
+  size_t attrs_len;
 } clip_read_event;
 
 /**
- * Told of each file read a mount serves, after the reply. Reads the kernel
- * answers from its page cache are not seen.
+ * Told of each file read a mount serves, after the reply, and of the span work
+ * below reads (see `clip_read_event.operation`). Reads the kernel answers from
+ * its page cache are not seen.
  *
  * Thread-safety: called from the mount's read threads, concurrently (a slow
  * observer holds a read thread). `event` and its strings are valid only during
@@ -644,6 +741,36 @@ typedef struct clip_mount_options {
    * records); NULL for none. Ignored for other archives.
    */
   const char *data_archive;
+  /**
+   * Version 3. Free space the span cache leaves on its file system, in bytes:
+   * past it the cache evicts, and serves new spans from memory while it
+   * cannot; 0 for the default (10% of the file system, at most 16 GiB).
+   */
+  uint64_t cache_min_free_bytes;
+  /**
+   * Version 3. A content cache of the caller's as the shared content tier
+   * (see `clip_content_cache`), for index-only archives; NULL for none.
+   * Copied during the call; its payload must stay valid until
+   * `clip_mount_free`.
+   */
+  const struct clip_content_cache *content_cache;
+  /**
+   * Version 3. An S3 bucket as the shared content tier: `bucket`, `key` =
+   * the prefix, and how to reach it; NULL for none. Ignored if
+   * `content_cache` is given. Read during the call only.
+   */
+  const struct clip_s3_options *remote_cache;
+  /**
+   * Version 3. The longest a read waits for the content tier before going to
+   * the layer source, in milliseconds; 0 for the default (2000).
+   */
+  unsigned int content_cache_timeout_ms;
+  /**
+   * Version 3. Non-zero to only read the content tier: layers it lacks are
+   * not stored into it (by default they are, in the background, once a read
+   * had to fetch from the layer source).
+   */
+  int content_cache_read_only;
 } clip_mount_options;
 
 /**
@@ -700,7 +827,85 @@ typedef struct clip_stats {
    * Compressed bytes read from layer sources.
    */
   uint64_t compressed_bytes_read;
+  /**
+   * Version 2. Spans read from the content tier (verified).
+   */
+  uint64_t tier_hits;
+  /**
+   * Version 2. Bytes read from the content tier.
+   */
+  uint64_t tier_bytes;
+  /**
+   * Version 2. Content-tier reads and look-ups that found nothing.
+   */
+  uint64_t tier_misses;
+  /**
+   * Version 2. Content-tier calls that failed, timed out, were skipped, or
+   * gave bytes that failed verification.
+   */
+  uint64_t tier_errors;
+  /**
+   * Version 2. Layers this mount stored into the content tier.
+   */
+  uint64_t tier_stores;
+  /**
+   * Version 2. Spans served from memory without caching them (the disk was
+   * below its free-space floor).
+   */
+  uint64_t uncached;
 } clip_stats;
+
+/**
+ * Progress of `clip_prepare`.
+ */
+typedef struct clip_prepare_progress {
+  /**
+   * Layers done.
+   */
+  uint64_t completed;
+  /**
+   * Layers in the image.
+   */
+  uint64_t total;
+  /**
+   * Uncompressed bytes of the layers done.
+   */
+  uint64_t bytes;
+} clip_prepare_progress;
+
+/**
+ * Told of `clip_prepare`'s progress: first with `completed` 0, then once per
+ * finished layer (`completed` 1..total), serially, from the library's threads.
+ * Return 0 to go on, non-zero to stop (the call then returns `CLIP_EUSER`).
+ * `progress` is valid only during the call.
+ */
+typedef int (*clip_prepare_progress_cb)(const struct clip_prepare_progress *progress, void *payload);
+
+/**
+ * Options of `clip_prepare`. Initialise with `clip_prepare_options_init`.
+ */
+typedef struct clip_prepare_options {
+  /**
+   * `CLIP_PREPARE_OPTIONS_VERSION`.
+   */
+  unsigned int version;
+  /**
+   * Spans fetched at once (runs of spans, across layers); 0 for the default (8).
+   */
+  unsigned int concurrency;
+  /**
+   * Told of progress; NULL for none.
+   */
+  clip_prepare_progress_cb progress;
+  /**
+   * Handed to `progress`.
+   */
+  void *progress_payload;
+  /**
+   * Cancels the call; NULL for none.
+   */
+  const struct clip_cancel *cancel;
+} clip_prepare_options;
 
 #ifdef __cplusplus
 extern "C" {
@@ -946,6 +1151,15 @@ int clip_write_remote(const char *archive_path,
                       const struct clip_s3_options *s3);
 
 /**
+ * Fills `cache` with the defaults of `version` (pass
+ * `CLIP_CONTENT_CACHE_VERSION`): no callbacks.
+ *
+ * Returns: 0; `CLIP_EINVALID` if `cache` is NULL; `CLIP_EVERSION` for a version
+ * this library does not know.
+ */
+int clip_content_cache_init(struct clip_content_cache *cache, unsigned int version);
+
+/**
  * Reads and validates the archive at `path`.
  *
  * Returns: 0; `CLIP_EINVALID` for a NULL argument; `CLIP_ENOTFOUND` if `path`
@@ -1060,6 +1274,34 @@ int clip_mount_stats(struct clip_stats *out, const struct clip_mount *mount);
  * Ownership: takes `mount`; no other call may be using it.
  */
 void clip_mount_free(struct clip_mount *mount);
+
+/**
+ * Fills `opts` with the defaults of `version` (pass
+ * `CLIP_PREPARE_OPTIONS_VERSION`).
+ *
+ * Returns: 0; `CLIP_EINVALID` if `opts` is NULL; `CLIP_EVERSION` for a version
+ * this library does not know.
+ */
+int clip_prepare_options_init(struct clip_prepare_options *opts, unsigned int version);
+
+/**
+ * Fetches and verifies every span of every layer of the archive at
+ * `archive_path` into the span cache `mount_opts` names (from its content tier
+ * first), so that a mount with the same options then reads nothing from the
+ * layer sources; layers the content tier lacks are stored into it (unless
+ * `content_cache_read_only`), and the call waits for that. `mount_opts` are read
+ * as by `clip_mount_new` (NULL: defaults); nothing is mounted.
+ *
+ * Returns: 0; the codes of `clip_mount_new` for bad options or archives;
+ * `CLIP_ECANCELED` if `opts->cancel` was cancelled; `CLIP_EUSER` if the progress
+ * callback stopped it; `CLIP_ENETWORK` / `CLIP_EAUTH` / `CLIP_EFORMAT` if a layer
+ * cannot be fetched or fails verification.
+ * Thread-safety: blocks until done; callbacks of `mount_opts` are not called
+ * after it returns.
+ */
+int clip_prepare(const char *archive_path,
+                 const struct clip_mount_options *mount_opts,
+                 const struct clip_prepare_options *opts);
 
 #ifdef __cplusplus
 }  // extern "C"

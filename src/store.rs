@@ -308,8 +308,23 @@ impl Store {
     }
 
     /// Removes temporary files left by crashed writers (older than a minute, so
-    /// writes in progress in other processes are left alone).
+    /// writes in progress in other processes are left alone; staged layers, and
+    /// the links a caller's store made to them, after a day).
     fn clean_temporaries(&self) {
+        if let Ok(top) = fs::read_dir(&self.root) {
+            for e in top.flatten() {
+                let staged = e.file_name().to_string_lossy().starts_with(".tmp-layer-");
+                let old = e
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(24 * 3600));
+                if staged && old {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
         for (path, meta) in self.files() {
             let old = meta
                 .modified()
@@ -543,7 +558,11 @@ impl Store {
             ],
         );
         let data = r?;
-        self.maybe_warm(layer);
+        let delay = self
+            .tier
+            .as_ref()
+            .map_or(Duration::ZERO, |t| t.options().warm_delay);
+        self.maybe_warm(layer, delay);
         Ok((data, info))
     }
 
@@ -739,9 +758,9 @@ impl Store {
     }
 
     /// After a span of `layer` came from the source: if the tier lacks the layer,
-    /// store it there in the background (once per layer; one layer at a time per
-    /// process).
-    fn maybe_warm(&self, layer: usize) {
+    /// store it there in the background after `delay` (once per layer; one layer
+    /// at a time per process).
+    fn maybe_warm(&self, layer: usize, delay: Duration) {
         let Some(tier) = &self.tier else { return };
         if !tier.options().warm {
             return;
@@ -758,6 +777,7 @@ impl Store {
         };
         *self.warming.0.lock().expect("warming lock") += 1;
         std::thread::spawn(move || {
+            std::thread::sleep(delay);
             static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
             let r = {
                 let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -1130,7 +1150,7 @@ impl Store {
         }
         // Offer what the tier lacks (from the cache now: no source bytes), and wait.
         for li in 0..total {
-            self.maybe_warm(li);
+            self.maybe_warm(li, Duration::ZERO);
         }
         self.wait_background(Duration::from_secs(24 * 3600));
         Ok(())

@@ -73,6 +73,8 @@ pub trait ContentTier: Send + Sync {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default of [`TierOptions::cooldown`].
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(10);
+/// Default of [`TierOptions::warm_delay`].
+pub const DEFAULT_WARM_DELAY: Duration = Duration::from_secs(5);
 /// Default of [`TierOptions::max_in_flight`].
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 
@@ -91,6 +93,10 @@ pub struct TierOptions {
     /// from the layer source (default true): the next machine then reads them
     /// from the tier.
     pub warm: bool,
+    /// How long after that first source read a mount starts storing the layer
+    /// (default 5 s), so that the upload does not compete with the container
+    /// start that caused it.
+    pub warm_delay: Duration,
 }
 
 impl Default for TierOptions {
@@ -100,6 +106,7 @@ impl Default for TierOptions {
             cooldown: DEFAULT_COOLDOWN,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             warm: true,
+            warm_delay: DEFAULT_WARM_DELAY,
         }
     }
 }

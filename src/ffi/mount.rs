@@ -308,7 +308,12 @@ fn mount_args(opts: *const clip_mount_options, archive_path: &Path) -> FfiResult
         if let Some(cb) = o.read_observer {
             let payload = Payload(o.read_observer_payload);
             let gate = gate.clone();
+            // A caller of an older version cannot tell span work from reads.
+            let reads_only = o.version < 3;
             mo.read_observer = Some(Arc::new(move |e: &ReadEvent<'_>| {
+                if reads_only && e.operation != crate::trace::OP_READ {
+                    return;
+                }
                 let Some(_in) = gate.enter() else { return };
                 let path = callback_string(e.path);
                 let digest = callback_string(e.layer_digest.to_string().as_bytes());

@@ -656,12 +656,23 @@ struct observed {
     int saw_hello;
     int saw_random;
     int bad_events;
+    int span_events;
     uint64_t random_bytes;
 };
 
 static void on_read(const clip_read_event *e, void *payload) {
     struct observed *o = payload;
+    size_t i;
     pthread_mutex_lock(&o->lock);
+    if (strcmp(e->operation, "clip.read") != 0) {
+        /* Span work below the reads (version 3): no path, no pid needed. */
+        o->span_events++;
+        if (e->path[0] != '\0' || strncmp(e->decompressed_hash, "sha256:", 7) != 0) o->bad_events++;
+        pthread_mutex_unlock(&o->lock);
+        return;
+    }
+    for (i = 0; i < e->attrs_len; i++)
+        if (e->attrs[i].key == NULL || e->attrs[i].value == NULL) o->bad_events++;
     o->calls++;
     if (strcmp(e->path, "/etc/hello.txt") == 0) o->saw_hello = 1;
     if (strcmp(e->path, "/data/random.bin") == 0) {
@@ -829,8 +840,8 @@ static void test_mount(void) {
         mo.layout = nolayout;
         EXPECT_ERR(clip_mount_new(&m, v1_archive, mnt, &mo), CLIP_ENOTFOUND, "no-layout");
         mo.layout = layout;
-        mo.version = 3;
-        EXPECT_ERR(clip_mount_new(&m, v1_archive, mnt, &mo), CLIP_EVERSION, "clip_mount_options version 3");
+        mo.version = CLIP_MOUNT_OPTIONS_VERSION + 1;
+        EXPECT_ERR(clip_mount_new(&m, v1_archive, mnt, &mo), CLIP_EVERSION, "clip_mount_options version 4");
         CHECK(m == NULL, "out untouched on failure");
         CHECK(!is_mounted(mnt), "nothing mounted after failures");
         free(missing);
@@ -1146,8 +1157,8 @@ static void test_pack(void) {
         clip_mount_free(m);
         m = NULL;
     }
-    mo.version = 3;
-    EXPECT_ERR(clip_mount_new(&m, rclip, mnt, &mo), CLIP_EVERSION, "clip_mount_options version 3");
+    mo.version = CLIP_MOUNT_OPTIONS_VERSION + 1;
+    EXPECT_ERR(clip_mount_new(&m, rclip, mnt, &mo), CLIP_EVERSION, "clip_mount_options version 4");
 out:
     free(full);
     free(rclip);

@@ -14,8 +14,10 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/beam-cloud/clip/go/pkg/common"
+	"github.com/beam-cloud/clip/go/pkg/storage"
 	"github.com/google/go-containerregistry/pkg/authn"
 )
 
@@ -28,6 +30,10 @@ type callbacks struct {
 	upload   chan<- int // upload percent
 	provider common.RegistryCredentialProvider
 	observer common.ReadTraceObserver
+	cache    storage.ContentCache // a mount's content tier
+	// cacheTimeout bounds every call of cache (see bounded).
+	cacheTimeout time.Duration
+	prepare      func(storage.PrepareProgress) // PrepareArchiveContent's progress
 
 	mu          sync.Mutex
 	panicked    any
@@ -178,13 +184,12 @@ func clipgoReadObserved(ev *C.clip_read_event, h C.uintptr_t) {
 	cb.observer(readEvent(ev))
 }
 
-// readEvent converts libclip's read event (told after the reply) into the worker's
-// ReadTraceEvent.
+// readEvent converts libclip's read event (a read, told after the reply, or the
+// span work below reads) into the worker's ReadTraceEvent.
 func readEvent(ev *C.clip_read_event) common.ReadTraceEvent {
 	d := time.Duration(ev.duration_ns)
 	out := common.ReadTraceEvent{
 		Operation:   "clip.read",
-		Source:      string(common.StorageModeOCI),
 		Path:        C.GoString(ev.path),
 		LayerDigest: C.GoString(ev.layer_digest),
 		Offset:      int64(ev.offset),
@@ -194,10 +199,45 @@ func readEvent(ev *C.clip_read_event) common.ReadTraceEvent {
 		Duration:    d,
 		CallerPID:   uint32(ev.pid),
 		Success:     ev.error_code == C.CLIP_OK,
-		Attrs:       map[string]string{"storage_mode": string(common.StorageModeOCI)},
+		Attrs:       map[string]string{},
 	}
+	if ev.operation != nil {
+		out.Operation = C.GoString(ev.operation)
+	}
+	if ev.decompressed_hash != nil {
+		out.DecompressedHash = strings.TrimPrefix(C.GoString(ev.decompressed_hash), "sha256:")
+	}
+	if ev.attrs != nil && ev.attrs_len > 0 {
+		for _, a := range unsafe.Slice(ev.attrs, int(ev.attrs_len)) {
+			out.Attrs[C.GoString(a.key)] = C.GoString(a.value)
+		}
+	}
+	mode := out.Attrs["storage_mode"]
+	if mode == "" {
+		mode = string(common.StorageModeOCI)
+		out.Attrs["storage_mode"] = mode
+	}
+	out.Source = mode
 	if ev.error != nil {
 		out.Error = C.GoString(ev.error)
 	}
 	return out
+}
+
+//export clipgoPrepareProgress
+func clipgoPrepareProgress(p *C.clip_prepare_progress, h C.uintptr_t) (rc C.int) {
+	cb := fromHandle(h)
+	defer func() {
+		if r := recover(); r != nil {
+			cb.recovered(r)
+			rc = 1
+		}
+	}()
+	if cb.ctx.Err() != nil {
+		return 1
+	}
+	if cb.prepare != nil {
+		cb.prepare(storage.PrepareProgress{Completed: int(p.completed), Total: int(p.total), Bytes: int64(p.bytes)})
+	}
+	return 0
 }

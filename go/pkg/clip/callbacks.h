@@ -11,5 +11,7 @@ void clipgo_set_progress(clip_create_options *opts, uintptr_t handle);
 void clipgo_set_credentials(clip_registry_options *opts, uintptr_t handle);
 void clipgo_set_read_observer(clip_mount_options *opts, uintptr_t handle);
 void clipgo_set_upload_progress(clip_upload_options *opts, uintptr_t handle);
+void clipgo_set_content_cache(clip_content_cache *cache, uintptr_t handle);
+void clipgo_set_prepare_progress(clip_prepare_options *opts, uintptr_t handle);
 
 #endif

@@ -236,7 +236,7 @@ func TestPullFlow(t *testing.T) {
 	}
 	checkMetadata(t, meta, reg.Addr, "team/app", manifest)
 
-	var reads, bad atomic.Int64
+	var reads, bad, spans atomic.Int64
 	mountAndCheck(t, MountOptions{
 		ArchivePath:          out,
 		Metadata:             meta,
@@ -244,16 +244,23 @@ func TestPullFlow(t *testing.T) {
 		CachePath:            filepath.Join(dir, "cache"),
 		RegistryCredProvider: provider,
 		ReadTraceObserver: func(ev common.ReadTraceEvent) {
+			if ev.Operation != "clip.read" {
+				// Span work below the reads: decoding from the registry.
+				if ev.Operation == "clip.checkpoint_read" && ev.Success && ev.DecompressedHash != "" {
+					spans.Add(1)
+				}
+				return
+			}
 			reads.Add(1)
-			if ev.Operation != "clip.read" || ev.Path == "" || !ev.Success || ev.BytesRead <= 0 ||
+			if ev.Path == "" || !ev.Success || ev.BytesRead <= 0 || ev.Attrs["cache_tier"] == "" ||
 				!strings.HasPrefix(ev.LayerDigest, "sha256:") || ev.CallerPID == 0 || ev.Duration <= 0 {
 				bad.Add(1)
 				t.Errorf("read event %+v: want a successful clip.read with path, bytes, layer, pid and duration", ev)
 			}
 		},
 	}, testutil.Expected(img))
-	if reads.Load() == 0 || bad.Load() > 0 {
-		t.Fatalf("the read-trace observer saw %d reads, %d malformed", reads.Load(), bad.Load())
+	if reads.Load() == 0 || bad.Load() > 0 || spans.Load() == 0 {
+		t.Fatalf("the read-trace observer saw %d reads, %d malformed, %d span decodes", reads.Load(), bad.Load(), spans.Load())
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"context"
 	"os"
 	"runtime/cgo"
+	"time"
 
 	"github.com/beam-cloud/clip/go/pkg/common"
 	"sync"
@@ -44,70 +45,193 @@ func MountArchive(options MountOptions) (func() error, <-chan error, *Server, er
 	if options.MountPoint == "" {
 		return nil, nil, nil, invalid("MountOptions.MountPoint is empty")
 	}
-	var cs cstrings
-	defer cs.free()
-	opts := cAlloc[C.clip_mount_options]()
-	defer cFree(opts)
-	if err := call(func() C.int { return C.clip_mount_options_init(opts, C.CLIP_MOUNT_OPTIONS_VERSION) }); err != nil {
+	if options.PrepareConcurrency > 0 {
+		if err := PrepareArchiveContent(options); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	// Callbacks (credentials, read tracing, the content cache) serve the mount
+	// while it lives, not one call.
+	ms, err := newMountSetup(options, &callbacks{ctx: context.Background()})
+	if err != nil {
 		return nil, nil, nil, err
 	}
-	opts.layout = cs.str(options.LocalLayoutPath)
-	meta := options.Metadata
-	if meta == nil {
-		m, err := NewClipArchiver().ExtractMetadata(options.ArchivePath)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		meta = m
-	}
-	archivePath := options.ArchivePath
-	switch mode := storageMode(meta); {
-	case mode == common.StorageModeOCI:
-		opts.cache_dir = cs.str(options.CachePath)
-	case options.StorageModeOverride == common.StorageModeLocal:
-		// The worker restored the full .clip of a .rclip: the tree comes from the
-		// archive Metadata was read from, the data from ArchivePath.
-		if p := meta.Header.Path; p != "" && fileExists(p) {
-			archivePath = p
-		}
-		opts.data_archive = cs.bytes(options.ArchivePath)
-	case mode == common.StorageModeS3:
-		s3, err := s3Options(&cs, s3Info(options.StorageInfo), options.Credentials)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		defer cFree(s3)
-		opts.s3 = s3
-	}
-
-	s := &Server{mountPoint: options.MountPoint, errs: make(chan error, 1)}
-	provider := providerOf(options.RegistryCredProvider)
-	if provider != nil || options.ReadTraceObserver != nil {
-		// Credentials are asked for while the mount lives, not for one call.
-		cb := &callbacks{ctx: context.Background(), provider: provider, observer: options.ReadTraceObserver}
-		s.handle = newHandle(cb)
-		if provider != nil {
-			reg := cAlloc[C.clip_registry_options]()
-			defer cFree(reg)
-			if err := call(func() C.int { return C.clip_registry_options_init(reg, C.CLIP_REGISTRY_OPTIONS_VERSION) }); err != nil {
-				s.release()
-				return nil, nil, nil, err
-			}
-			C.clipgo_set_credentials(reg, C.uintptr_t(s.handle))
-			opts.registry = reg
-		}
-		if options.ReadTraceObserver != nil {
-			C.clipgo_set_read_observer(opts, C.uintptr_t(s.handle))
-		}
-	}
-	err := call(func() C.int {
-		return C.clip_mount_new(&s.mount, cs.bytes(archivePath), cs.bytes(options.MountPoint), opts)
+	defer ms.free()
+	s := &Server{mountPoint: options.MountPoint, errs: make(chan error, 1), handle: ms.handle}
+	err = call(func() C.int {
+		return C.clip_mount_new(&s.mount, ms.cs.bytes(ms.archivePath), ms.cs.bytes(options.MountPoint), ms.opts)
 	})
 	if err != nil {
 		s.release()
 		return nil, nil, nil, err
 	}
 	return s.start, s.errs, s, nil
+}
+
+// mountSetup is the C options of a mount (or a prepare) and the C memory they
+// point to; free releases that memory, not the callbacks' handle.
+type mountSetup struct {
+	cs          cstrings
+	opts        *C.clip_mount_options
+	cfree       []func()
+	archivePath string
+	mode        common.StorageMode
+	handle      cgo.Handle // 0 if no callback is needed
+}
+
+func (m *mountSetup) free() {
+	for _, f := range m.cfree {
+		f()
+	}
+	m.cfree = nil
+	m.cs.free()
+}
+
+// newMountSetup reads options into libclip's mount options; cb (filled in here)
+// backs the callbacks they need.
+func newMountSetup(options MountOptions, cb *callbacks) (_ *mountSetup, err error) {
+	ms := &mountSetup{archivePath: options.ArchivePath}
+	defer func() {
+		if err != nil {
+			ms.free()
+			if ms.handle != 0 {
+				deleteHandle(ms.handle)
+			}
+		}
+	}()
+	opts := cAlloc[C.clip_mount_options]()
+	ms.cfree = append(ms.cfree, func() { cFree(opts) })
+	ms.opts = opts
+	if err := call(func() C.int { return C.clip_mount_options_init(opts, C.CLIP_MOUNT_OPTIONS_VERSION) }); err != nil {
+		return nil, err
+	}
+	cs := &ms.cs
+	opts.layout = cs.str(options.LocalLayoutPath)
+	if options.CacheMaxBytes > 0 {
+		opts.cache_max_bytes = C.uint64_t(options.CacheMaxBytes)
+	}
+	if options.CacheMinFreeBytes > 0 {
+		opts.cache_min_free_bytes = C.uint64_t(options.CacheMinFreeBytes)
+	}
+	meta := options.Metadata
+	if meta == nil {
+		m, err := NewClipArchiver().ExtractMetadata(options.ArchivePath)
+		if err != nil {
+			return nil, err
+		}
+		meta = m
+	}
+	ms.mode = storageMode(meta)
+	switch mode := ms.mode; {
+	case mode == common.StorageModeOCI:
+		opts.cache_dir = cs.str(options.CachePath)
+	case options.StorageModeOverride == common.StorageModeLocal:
+		// The worker restored the full .clip of a .rclip: the tree comes from the
+		// archive Metadata was read from, the data from ArchivePath.
+		if p := meta.Header.Path; p != "" && fileExists(p) {
+			ms.archivePath = p
+		}
+		opts.data_archive = cs.bytes(options.ArchivePath)
+	case mode == common.StorageModeS3:
+		s3, err := s3Options(cs, s3Info(options.StorageInfo), options.Credentials)
+		if err != nil {
+			return nil, err
+		}
+		ms.cfree = append(ms.cfree, func() { cFree(s3) })
+		opts.s3 = s3
+	}
+
+	cb.provider = providerOf(options.RegistryCredProvider)
+	cb.observer = options.ReadTraceObserver
+	if ms.mode == common.StorageModeOCI {
+		cb.cache = contentCacheOf(options.ContentCache, options.ContentCacheAvailable)
+		cb.cacheTimeout = options.ContentCacheTimeout
+		if cb.cacheTimeout <= 0 {
+			cb.cacheTimeout = 2 * time.Second
+		}
+	}
+	if cb.provider == nil && cb.observer == nil && cb.cache == nil && cb.prepare == nil {
+		return ms, nil
+	}
+	ms.handle = newHandle(cb)
+	if cb.provider != nil {
+		reg := cAlloc[C.clip_registry_options]()
+		ms.cfree = append(ms.cfree, func() { cFree(reg) })
+		if err := call(func() C.int { return C.clip_registry_options_init(reg, C.CLIP_REGISTRY_OPTIONS_VERSION) }); err != nil {
+			return nil, err
+		}
+		C.clipgo_set_credentials(reg, C.uintptr_t(ms.handle))
+		opts.registry = reg
+	}
+	if cb.observer != nil {
+		C.clipgo_set_read_observer(opts, C.uintptr_t(ms.handle))
+	}
+	if cb.cache != nil {
+		cc := cAlloc[C.clip_content_cache]()
+		ms.cfree = append(ms.cfree, func() { cFree(cc) })
+		if err := call(func() C.int { return C.clip_content_cache_init(cc, C.CLIP_CONTENT_CACHE_VERSION) }); err != nil {
+			return nil, err
+		}
+		C.clipgo_set_content_cache(cc, C.uintptr_t(ms.handle))
+		opts.content_cache = cc
+		if options.ContentCacheTimeout > 0 {
+			opts.content_cache_timeout_ms = C.uint(options.ContentCacheTimeout.Milliseconds())
+		}
+		if options.ContentCacheReadOnly {
+			opts.content_cache_read_only = 1
+		}
+	}
+	return ms, nil
+}
+
+// PrepareArchiveContent fetches and verifies every span of every layer of an
+// index-only archive into CachePath, from the content cache first, with
+// PrepareConcurrency workers, so that a mount with the same options reads nothing
+// from the registry; layers the content cache lacks are stored into it. It does
+// nothing if PrepareConcurrency <= 0 or the archive is not index-only (OCI).
+//
+// PrepareProgress, if set, is called serially: first {Completed: 0, Total: n},
+// then once per finished layer with Completed 1..n and the cumulative
+// uncompressed Bytes; not at all for an image without layers. Context (nil:
+// Background) cancels it.
+func PrepareArchiveContent(options MountOptions) error {
+	if options.PrepareConcurrency <= 0 {
+		return nil
+	}
+	if options.ArchivePath == "" {
+		return invalid("MountOptions.ArchivePath is empty")
+	}
+	ctx := options.Context
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	cb := &callbacks{ctx: ctx, prepare: options.PrepareProgress}
+	ms, err := newMountSetup(options, cb)
+	if err != nil {
+		return err
+	}
+	defer ms.free()
+	defer deleteHandle(ms.handle) // prepare is set: there is always a handle
+	if ms.mode != common.StorageModeOCI {
+		return nil
+	}
+	popts := cAlloc[C.clip_prepare_options]()
+	defer cFree(popts)
+	if err := call(func() C.int { return C.clip_prepare_options_init(popts, C.CLIP_PREPARE_OPTIONS_VERSION) }); err != nil {
+		return err
+	}
+	popts.concurrency = C.uint(options.PrepareConcurrency)
+	C.clipgo_set_prepare_progress(popts, C.uintptr_t(ms.handle))
+	archive := ms.cs.bytes(ms.archivePath)
+	err = withCancel(ctx, func(tok *C.clip_cancel) error {
+		popts.cancel = tok
+		return call(func() C.int { return C.clip_prepare(archive, ms.opts, popts) })
+	})
+	cb.rethrow()
+	return contextError(ctx, err)
 }
 
 // storageMode is where a mount of the archive meta describes reads file bytes from.

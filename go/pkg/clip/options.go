@@ -2,6 +2,7 @@ package clip
 
 import (
 	"context"
+	"time"
 
 	"github.com/beam-cloud/clip/go/pkg/common"
 	"github.com/beam-cloud/clip/go/pkg/storage"
@@ -11,7 +12,8 @@ import (
 // MountOptions configures MountArchive. Fields marked "accepted, not used" exist so
 // that callers written for the Go clip compile unchanged; docs/GO.md lists them.
 type MountOptions struct {
-	// Context is accepted, not used (it served content preparation).
+	// Context cancels content preparation (PrepareArchiveContent); nil means
+	// Background.
 	Context context.Context
 	// ArchivePath is the .clip archive to mount.
 	ArchivePath string
@@ -49,13 +51,38 @@ type MountOptions struct {
 	// request is made.
 	StorageModeOverride common.StorageMode
 
-	// Accepted, not used: content caches and preparation are not served by this
-	// package (see docs/GO.md). Checkpoints are always used.
+	// ContentCache, with ContentCacheAvailable, is the cluster content cache an
+	// index-only mount reads through before the registry: whole uncompressed
+	// layers under their DecompressedHashByLayer values, read by range and
+	// verified; a layer it lacks is stored into it in the background after a
+	// registry read. Its optional extensions (ContentCacheExistsWithSize,
+	// ContentCacheReadInto, ContentCacheClientLocalPageFileViews,
+	// ContentCacheStoreLocalPath) are used when implemented. A nil or typed-nil
+	// cache, or ContentCacheAvailable false, means none. Its errors
+	// (ErrContentCacheMiss, ErrContentCacheUnavailable, others) never fail a
+	// read: the registry serves it; a read waits for it at most
+	// ContentCacheTimeout.
 	ContentCache          storage.ContentCache
 	ContentCacheAvailable bool
-	UseCheckpoints        bool
-	PrepareConcurrency    int
-	PrepareProgress       func(storage.PrepareProgress)
+	// ContentCacheTimeout is the longest a read waits for the content cache
+	// (0: 2 s). An addition of this package.
+	ContentCacheTimeout time.Duration
+	// ContentCacheReadOnly: never store layers into the content cache. An
+	// addition of this package.
+	ContentCacheReadOnly bool
+	// CacheMaxBytes limits CachePath's span cache (0: 10 GiB); CacheMinFreeBytes
+	// is the free space it leaves on its file system (0: 10% of it, at most
+	// 16 GiB), evicting and serving from memory to keep it. Additions of this
+	// package: beta9's image-cache eviction never sees the span cache (it lives
+	// in a subdirectory), so clip bounds it itself.
+	CacheMaxBytes     int64
+	CacheMinFreeBytes int64
+	// UseCheckpoints is accepted, not used: checkpoints are always used.
+	UseCheckpoints bool
+	// PrepareConcurrency > 0 makes MountArchive call PrepareArchiveContent
+	// first (with PrepareProgress and Context); see there.
+	PrepareConcurrency int
+	PrepareProgress    func(storage.PrepareProgress)
 }
 
 // CreateFromOCIImageOptions configures CreateFromOCIImage.
