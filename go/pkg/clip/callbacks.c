@@ -18,6 +18,15 @@ static void read_observer_trampoline(const clip_read_event *event, void *payload
 	clipgoReadObserved((clip_read_event *)event, (uintptr_t)payload);
 }
 
+static int layer_index_get_trampoline(clip_buffer *out, const char *key, void *payload) {
+	return clipgoLayerIndexGet(out, (char *)key, (uintptr_t)payload);
+}
+
+static int layer_index_put_trampoline(const char *key, const uint8_t *data, size_t len,
+                                      void *payload) {
+	return clipgoLayerIndexPut((char *)key, (uint8_t *)data, len, (uintptr_t)payload);
+}
+
 void clipgo_set_progress(clip_create_options *opts, uintptr_t handle) {
 	opts->progress_cb = progress_trampoline;
 	opts->progress_payload = (void *)handle;
@@ -36,4 +45,10 @@ void clipgo_set_read_observer(clip_mount_options *opts, uintptr_t handle) {
 void clipgo_set_upload_progress(clip_upload_options *opts, uintptr_t handle) {
 	opts->progress_cb = upload_progress_trampoline;
 	opts->progress_payload = (void *)handle;
+}
+
+void clipgo_set_layer_index_cache(clip_layer_index_cache_callbacks *cbs, uintptr_t handle) {
+	cbs->get = layer_index_get_trampoline;
+	cbs->put = layer_index_put_trampoline;
+	cbs->payload = (void *)handle;
 }

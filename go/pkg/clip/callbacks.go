@@ -10,12 +10,15 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"runtime"
 	"runtime/cgo"
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/beam-cloud/clip/go/pkg/common"
+	"github.com/beam-cloud/clip/go/pkg/storage"
 	"github.com/google/go-containerregistry/pkg/authn"
 )
 
@@ -28,6 +31,9 @@ type callbacks struct {
 	upload   chan<- int // upload percent
 	provider common.RegistryCredentialProvider
 	observer common.ReadTraceObserver
+	// layerIndex is the caller's layer-index cache (not a DiskLayerIndexCache,
+	// which libclip uses natively).
+	layerIndex storage.LayerIndexCache
 
 	mu          sync.Mutex
 	panicked    any
@@ -200,4 +206,47 @@ func readEvent(ev *C.clip_read_event) common.ReadTraceEvent {
 		out.Error = C.GoString(ev.error)
 	}
 	return out
+}
+
+//export clipgoLayerIndexGet
+func clipgoLayerIndexGet(out *C.clip_buffer, key *C.char, h C.uintptr_t) (rc C.int) {
+	cb := fromHandle(h)
+	defer func() {
+		if r := recover(); r != nil {
+			cb.recovered(r) // a miss for libclip; re-raised when the call returns
+			rc = C.CLIP_EUSER
+		}
+	}()
+	data, err := cb.layerIndex.GetLayerIndex(cb.ctx, C.GoString(key))
+	if err != nil {
+		return C.CLIP_ERROR // a miss, with a warning
+	}
+	if data == nil {
+		return C.CLIP_ENOTFOUND
+	}
+	var p *C.uint8_t
+	if len(data) > 0 {
+		// Go memory without Go pointers, for the call only: libclip copies it.
+		p = (*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(data)))
+	}
+	rc = C.clip_buffer_set(out, p, C.size_t(len(data)))
+	runtime.KeepAlive(data)
+	return rc
+}
+
+//export clipgoLayerIndexPut
+func clipgoLayerIndexPut(key *C.char, data *C.uint8_t, n C.size_t, h C.uintptr_t) (rc C.int) {
+	cb := fromHandle(h)
+	defer func() {
+		if r := recover(); r != nil {
+			cb.recovered(r) // nothing stored; re-raised when the call returns
+			rc = C.CLIP_EUSER
+		}
+	}()
+	// A copy: the cache may keep it, and libclip's buffer is gone after the call.
+	b := C.GoBytes(unsafe.Pointer(data), C.int(n))
+	if err := cb.layerIndex.PutLayerIndex(cb.ctx, C.GoString(key), b); err != nil {
+		return C.CLIP_ERROR // a warning; the build goes on
+	}
+	return 0
 }

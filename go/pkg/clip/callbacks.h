@@ -11,5 +11,6 @@ void clipgo_set_progress(clip_create_options *opts, uintptr_t handle);
 void clipgo_set_credentials(clip_registry_options *opts, uintptr_t handle);
 void clipgo_set_read_observer(clip_mount_options *opts, uintptr_t handle);
 void clipgo_set_upload_progress(clip_upload_options *opts, uintptr_t handle);
+void clipgo_set_layer_index_cache(clip_layer_index_cache_callbacks *cbs, uintptr_t handle);
 
 #endif
