@@ -353,7 +353,7 @@ fn store_cached(opts: &CreateOptions, li: &LayerIndex) {
     let key = layer_cache::key(&li.record.digest, opts.span_size);
     let r = layer_cache::encode(li, opts.span_size).and_then(|b| store.put(&key, &b));
     if let Err(e) = r {
-        tracing::warn!(key, "layer-index cache {}: storing: {e}", store.describe());
+        tracing::warn!("storing {key} in {}: {e}", store.describe());
     }
 }
 

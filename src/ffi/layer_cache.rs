@@ -177,7 +177,7 @@ impl LayerIndexStore for CallbackStore {
     }
 
     fn describe(&self) -> String {
-        "caller's layer-index cache".into()
+        "the caller's layer-index cache".into()
     }
 }
 

@@ -25,6 +25,8 @@
 //! - `library`: the other constants and the library-wide functions (version,
 //!   last error, strings, log level);
 //! - `cancel`: cancel tokens; `registry`: registry options and credentials;
+//! - `layer_cache`: the layer-index cache (a caller's callbacks, the disk cache
+//!   as a handle);
 //! - `create`: creating index-only archives; `pack`: packing directories into
 //!   v1 archives; `s3`: S3 locations, uploads and `.rclip`s; `archive`: reading
 //!   archives; `mount`: mounts;

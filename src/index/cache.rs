@@ -421,7 +421,7 @@ pub trait LayerIndexStore: Send + Sync {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Stores `data` under `key`, replacing what was there.
     fn put(&self, key: &str, data: &[u8]) -> Result<()>;
-    /// Names the store, for messages (`"disk cache /var/cache/clip/layer-index"`).
+    /// Names the store, for messages (`"disk layer-index cache /var/cache/clip/li"`).
     fn describe(&self) -> String;
 }
 
@@ -590,7 +590,7 @@ impl LayerIndexStore for DiskLayerIndexStore {
     }
 
     fn describe(&self) -> String {
-        format!("disk cache {}", self.dir.display())
+        format!("disk layer-index cache {}", self.dir.display())
     }
 }
 
