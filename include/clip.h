@@ -474,7 +474,8 @@ typedef struct clip_create_options {
    * (Version 2.) A directory for the library's disk layer-index cache
    * (created if missing; see `clip_layer_index_cache_open`): a layer indexed
    * before with the same span size is not read again, and the archive is the
-   * same. NULL for none.
+   * same. A directory that cannot be opened or written is a warning, never an
+   * error. NULL for none.
    */
   const char *layer_index_cache_dir;
   /**

@@ -248,6 +248,19 @@ fn a_cache_that_cannot_store_never_fails_a_build() {
     let (o, _) = options(Some(Arc::new(store)), SPAN);
     clip::create::index_layout(&layout, Some("v1"), &out, &o).unwrap();
     assert!(out.exists());
+
+    // clipctl with a cache directory it cannot even create: a warning, an archive.
+    std::fs::remove_file(&out).unwrap();
+    let o = ok(clipctl()
+        .args(["index-layout", "--tag", "v1", "--layout"])
+        .arg(&layout)
+        .arg("--layer-index-cache")
+        .arg(ro.join("sub"))
+        .arg("--out")
+        .arg(&out));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("layer-index cache not used"), "{stderr}");
+    assert!(out.exists());
 }
 
 #[test]

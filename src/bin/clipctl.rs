@@ -313,7 +313,8 @@ struct IndexArgs {
     progress: bool,
     /// Keep per-layer index artifacts in this directory (created if missing,
     /// bounded to 1 GiB, shareable between processes): a layer indexed before,
-    /// in this image or another, is not read again.
+    /// in this image or another, is not read again. A directory that cannot be
+    /// used is a warning.
     #[arg(long, value_name = "DIR")]
     layer_index_cache: Option<PathBuf>,
 }
@@ -346,8 +347,11 @@ impl IndexArgs {
             ..Default::default()
         };
         if let Some(dir) = &self.layer_index_cache {
-            let store = clip::index::cache::DiskLayerIndexStore::open(dir, 0)?;
-            o.layer_index_cache = Some(Arc::new(store));
+            // A cache only saves time: one that cannot be opened is a warning.
+            match clip::index::cache::DiskLayerIndexStore::open(dir, 0) {
+                Ok(store) => o.layer_index_cache = Some(Arc::new(store)),
+                Err(e) => tracing::warn!("layer-index cache not used: {e}"),
+            }
         }
         if !self.progress && std::io::stderr().is_terminal() {
             o.progress = Some(progress_bar());

@@ -83,7 +83,8 @@ pub struct clip_create_options {
     /// (Version 2.) A directory for the library's disk layer-index cache
     /// (created if missing; see `clip_layer_index_cache_open`): a layer indexed
     /// before with the same span size is not read again, and the archive is the
-    /// same. NULL for none.
+    /// same. A directory that cannot be opened or written is a warning, never an
+    /// error. NULL for none.
     pub layer_index_cache_dir: *const c_char,
     /// (Version 2.) Size limit of `layer_index_cache_dir` in bytes; 0 for 1 GiB.
     pub layer_index_cache_max_bytes: u64,

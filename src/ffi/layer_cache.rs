@@ -181,6 +181,18 @@ impl LayerIndexStore for CallbackStore {
     }
 }
 
+/// The disk cache at `dir`, or none (with a warning) if it cannot be opened: a
+/// cache only saves time, it never fails a build.
+pub(super) fn open_disk(dir: &std::path::Path, max_bytes: u64) -> Option<Arc<dyn LayerIndexStore>> {
+    match DiskLayerIndexStore::open(dir, max_bytes) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            tracing::warn!("layer-index cache not used: {e}");
+            None
+        }
+    }
+}
+
 /// The layer-index cache of a create call: the disk cache at `dir` (bounded to
 /// `max_bytes`), or the caller's callbacks at `cbs`, or none.
 pub(super) fn layer_index_cache(
@@ -193,7 +205,7 @@ pub(super) fn layer_index_cache(
         (Some(_), false) => Err(Failure::invalid(
             "opts->layer_index_cache_dir and opts->layer_index_cache are both set (pass one)",
         )),
-        (Some(d), true) => Ok(Some(Arc::new(DiskLayerIndexStore::open(d, max_bytes)?))),
+        (Some(d), true) => Ok(open_disk(d, max_bytes)),
         (None, false) => Ok(Some(Arc::new(CallbackStore::from_c(
             cbs,
             "opts->layer_index_cache",

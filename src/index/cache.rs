@@ -232,11 +232,9 @@ pub fn decode(bytes: &[u8], key: &str, layer: &Layer, span_size: u64) -> Result<
     let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
     let version = u32_at(8);
     if version != ARTIFACT_VERSION {
-        return Err(Error::Version {
-            found: version,
-            supported: ARTIFACT_VERSION,
-        }
-        .with_path(key));
+        return Err(bad(format!(
+            "artifact version {version} (this build reads version {ARTIFACT_VERSION})"
+        )));
     }
     let (body_end, sum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
     if blake3::hash(body_end).as_bytes() != sum {
@@ -453,7 +451,8 @@ pub struct DiskLayerIndexStore {
 
 impl DiskLayerIndexStore {
     /// Opens (creating it if needed) the store in `dir`, bounded to `limit` bytes
-    /// (0: [`DEFAULT_DISK_LIMIT`]).
+    /// (0: [`DEFAULT_DISK_LIMIT`]). Files are created readable by their owner
+    /// only (an index lists an image's files).
     pub fn open(dir: impl AsRef<Path>, limit: u64) -> Result<DiskLayerIndexStore> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).ctx("creating layer-index cache directory", &dir)?;
