@@ -337,3 +337,65 @@ fn clipctl_create_from_a_registry_with_the_cache_fetches_no_layer() {
     assert_eq!(second.matches("(from index-cache)").count(), 6, "{second}");
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 }
+
+/// Re-seals `body` as the body of artifact `a` (lengths and checksum fixed), as a
+/// hostile or buggy cache could.
+fn reseal(a: &[u8], body: &[u8]) -> Vec<u8> {
+    let z = zstd::bulk::compress(body, 3).unwrap();
+    let mut out = a[..128].to_vec();
+    out[104..112].copy_from_slice(&(body.len() as u64).to_le_bytes());
+    out[112..120].copy_from_slice(&(z.len() as u64).to_le_bytes());
+    out.extend_from_slice(&z);
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(sum.as_bytes());
+    out
+}
+
+#[test]
+fn sealed_but_wrong_artifacts_are_errors_never_panics() {
+    let d = tmp("clip-lic-");
+    let layout = d.path().join("layout");
+    let info = three_layers(&layout);
+    let store = Arc::new(DiskLayerIndexStore::open(d.path().join("cache"), 0).unwrap());
+    let out = d.path().join("out.clip");
+    clip::create::index_layout(
+        &layout,
+        Some("v1"),
+        &out,
+        &options(Some(store.clone()), SPAN).0,
+    )
+    .unwrap();
+    let l = &info.layers[0];
+    let layer = clip::oci::Layer {
+        desc: clip::oci::Desc {
+            media_type: l.media_type.clone(),
+            digest: Digest::parse(&l.digest).unwrap(),
+            size: l.size,
+            platform: None,
+            annotations: Default::default(),
+        },
+        compression: clip::oci::Compression::None,
+        diff_id: Digest::parse(&l.diff_id).unwrap(),
+    };
+    let key = cache::key(&layer.desc.digest, SPAN);
+    let a = store.get(&key).unwrap().unwrap();
+    let body = zstd::bulk::decompress(&a[128..a.len() - 32], 1 << 26).unwrap();
+    assert!(cache::decode(&reseal(&a, &body), &key, &layer, SPAN).is_ok());
+    // Every truncation point, and every byte set to 0xff in turn: decoded or
+    // refused, never a panic or a huge allocation.
+    let mut refused = 0;
+    for cut in (0..body.len()).step_by(7) {
+        refused += cache::decode(&reseal(&a, &body[..cut]), &key, &layer, SPAN).is_err() as usize;
+    }
+    assert!(refused > 0);
+    for i in (0..body.len()).step_by(3) {
+        let mut b = body.clone();
+        b[i] = 0xff;
+        let _ = cache::decode(&reseal(&a, &b), &key, &layer, SPAN);
+    }
+    // Trailing bytes are refused.
+    let mut b = body.clone();
+    b.push(0);
+    let e = cache::decode(&reseal(&a, &b), &key, &layer, SPAN).unwrap_err();
+    assert!(e.to_string().contains("trailing"), "{e}");
+}
