@@ -110,9 +110,14 @@
 #define CLIP_REGISTRY_OPTIONS_VERSION 1
 
 /**
- * Current version of `clip_create_options`.
+ * Current version of `clip_create_options` (2 added the layer-index cache).
  */
-#define CLIP_CREATE_OPTIONS_VERSION 1
+#define CLIP_CREATE_OPTIONS_VERSION 2
+
+/**
+ * Current version of `clip_layer_index_cache_callbacks`.
+ */
+#define CLIP_LAYER_INDEX_CACHE_CALLBACKS_VERSION 1
 
 /**
  * Current version of `clip_mount_options` (2 added `s3` and `data_archive`, 3 the
@@ -192,6 +197,11 @@
 typedef struct clip_archive clip_archive;
 
 /**
+ * Where a `get` callback puts the bytes it found, through `clip_buffer_set`.
+ */
+typedef struct clip_buffer clip_buffer;
+
+/**
  * A cancel token: hand it to a long call (in its options), then
  * `clip_cancel_cancel` it from another thread to stop that call, which then
  * returns `CLIP_ECANCELED` promptly and leaves no output behind.
@@ -202,6 +212,14 @@ typedef struct clip_cancel clip_cancel;
  * The answer a credential callback fills in, through `clip_credential_set_*`.
  */
 typedef struct clip_credential clip_credential;
+
+/**
+ * The library's disk layer-index cache: a directory of files, one per key,
+ * written atomically (temporary file + rename), bounded in size (least recently
+ * used out), shareable by several processes. Keys may be any bytes; each maps to
+ * one file inside the directory (docs/FORMAT.md, "Disk store").
+ */
+typedef struct clip_layer_index_cache clip_layer_index_cache;
 
 /**
  * A live FUSE mount of an archive.
@@ -303,6 +321,59 @@ typedef struct clip_registry_options {
 } clip_registry_options;
 
 /**
+ * Looks up `key` (a NUL-terminated ASCII string, valid during the call) in a
+ * caller's layer-index cache.
+ *
+ * Return 0 after `clip_buffer_set(out, ...)` for a hit; 0 without it, or
+ * `CLIP_ENOTFOUND`, for a miss; any other value is an error, which the library
+ * treats as a miss (with a warning). The bytes are checked before use: a wrong
+ * answer costs time, never a wrong archive.
+ *
+ * Thread-safety: called from indexing threads, possibly concurrently for one
+ * call; never after the call returns.
+ */
+typedef int (*clip_layer_index_get_cb)(struct clip_buffer *out, const char *key, void *payload);
+
+/**
+ * Stores `len` bytes at `data` under `key` in a caller's layer-index cache
+ * (both valid during the call only: copy what you keep).
+ *
+ * Return 0 when stored; any other value is a warning, never an error of the
+ * build.
+ *
+ * Thread-safety: as the `get` callback.
+ */
+typedef int (*clip_layer_index_put_cb)(const char *key,
+                                       const uint8_t *data,
+                                       size_t len,
+                                       void *payload);
+
+/**
+ * A caller-provided layer-index cache (`clip_create_options.layer_index_cache`).
+ * Initialise with `clip_layer_index_cache_callbacks_init`. Read at the start of
+ * the call it is passed to; the callbacks and `payload` must stay valid until
+ * that call returns.
+ */
+typedef struct clip_layer_index_cache_callbacks {
+  /**
+   * `CLIP_LAYER_INDEX_CACHE_CALLBACKS_VERSION`.
+   */
+  unsigned int version;
+  /**
+   * Looks an artifact up; NULL means every lookup misses.
+   */
+  clip_layer_index_get_cb get;
+  /**
+   * Stores an artifact; NULL means nothing is stored.
+   */
+  clip_layer_index_put_cb put;
+  /**
+   * Handed to `get` and `put`.
+   */
+  void *payload;
+} clip_layer_index_cache_callbacks;
+
+/**
  * One progress event of `clip_index_layout` / `clip_create_from_image`. Fields may
  * be appended in later versions; never copy the struct by value into storage
  * that outlives the callback.
@@ -345,7 +416,9 @@ typedef struct clip_progress {
    */
   size_t files;
   /**
-   * Where the layer's bytes come from: `"registry"` or `"local-layout"`.
+   * Where the layer's bytes come from: `"registry"` or `"local-layout"`, or
+   * `"index-cache"` when its index came from the layer-index cache (no byte
+   * of the layer read; `STARTING` and `COMPLETED` only).
    */
   const char *source;
 } clip_progress;
@@ -408,6 +481,24 @@ typedef struct clip_create_options {
    * Cancels the call when cancelled; NULL for none.
    */
   const struct clip_cancel *cancel;
+  /**
+   * (Version 2.) A directory for the library's disk layer-index cache
+   * (created if missing; see `clip_layer_index_cache_open`): a layer indexed
+   * before with the same span size is not read again, and the archive is the
+   * same. A directory that cannot be opened or written is a warning, never an
+   * error. NULL for none.
+   */
+  const char *layer_index_cache_dir;
+  /**
+   * (Version 2.) Size limit of `layer_index_cache_dir` in bytes; 0 for 1 GiB.
+   */
+  uint64_t layer_index_cache_max_bytes;
+  /**
+   * (Version 2.) A caller-provided layer-index cache instead of
+   * `layer_index_cache_dir` (setting both is `CLIP_EINVALID`); NULL for none.
+   * Read at the start of the call; its callbacks are called during it.
+   */
+  const struct clip_layer_index_cache_callbacks *layer_index_cache;
 } clip_create_options;
 
 /**
@@ -1029,7 +1120,86 @@ int clip_credential_set_token(struct clip_credential *cred, const char *token);
 int clip_registry_options_init(struct clip_registry_options *opts, unsigned int version);
 
 /**
- * Fills `opts` with the defaults of `version` (pass `CLIP_CREATE_OPTIONS_VERSION`).
+ * Answers a layer-index cache `get` callback with `len` bytes at `data` (copied;
+ * `data` may be NULL when `len` is 0). A second call replaces the first.
+ *
+ * Returns: 0, or `CLIP_EINVALID` if `buf` is NULL, or `data` is NULL with a
+ * non-zero `len`.
+ * Thread-safety: only from within the `get` callback that received `buf`.
+ */
+int clip_buffer_set(struct clip_buffer *buf, const uint8_t *data, size_t len);
+
+/**
+ * Fills `cbs` with the defaults of `version` (pass
+ * `CLIP_LAYER_INDEX_CACHE_CALLBACKS_VERSION`): no callbacks, NULL payload.
+ *
+ * Returns: 0; `CLIP_EINVALID` if `cbs` is NULL; `CLIP_EVERSION` for a version
+ * this library does not know.
+ */
+int clip_layer_index_cache_callbacks_init(struct clip_layer_index_cache_callbacks *cbs,
+                                          unsigned int version);
+
+/**
+ * Opens (creating it if needed) the disk layer-index cache in `dir`, bounded to
+ * `max_bytes` (0: 1 GiB). `create` with `opts->layer_index_cache_dir` set to the
+ * same directory and limit uses the same files.
+ *
+ * Returns: 0; `CLIP_EINVALID` for a NULL argument or a `dir` that is not a
+ * directory; other codes for I/O failures (the message names the directory).
+ * Ownership: `*out` is freed with `clip_layer_index_cache_free`.
+ * Thread-safety: the handle may be used from any number of threads at once.
+ */
+int clip_layer_index_cache_open(struct clip_layer_index_cache **out,
+                                const char *dir,
+                                uint64_t max_bytes);
+
+/**
+ * Reads the bytes stored under the `key_len` bytes at `key` (any bytes).
+ *
+ * Returns: 0 with `*out_data`/`*out_len` set; `CLIP_ENOTFOUND` if nothing is
+ * stored under `key` (the out-parameters untouched); `CLIP_EINVALID` for a NULL
+ * argument or an empty or over-long (4096) key; other codes for I/O failures.
+ * Ownership: `*out_data` is freed with `clip_data_free(*out_data, *out_len)`.
+ * Thread-safety: any thread, concurrently.
+ */
+int clip_layer_index_cache_get(uint8_t **out_data,
+                               size_t *out_len,
+                               const struct clip_layer_index_cache *cache,
+                               const uint8_t *key,
+                               size_t key_len);
+
+/**
+ * Stores the `len` bytes at `data` under the `key_len` bytes at `key`,
+ * atomically, then evicts the least recently used entries if the cache is past
+ * its limit.
+ *
+ * Returns: 0; `CLIP_EINVALID` for a NULL argument, a bad key, or data larger than
+ * the limit; other codes for I/O failures (the message names the file).
+ * Thread-safety: any thread, concurrently (and other processes sharing the
+ * directory).
+ */
+int clip_layer_index_cache_put(const struct clip_layer_index_cache *cache,
+                               const uint8_t *key,
+                               size_t key_len,
+                               const uint8_t *data,
+                               size_t len);
+
+/**
+ * Frees a cache handle; NULL is accepted.
+ *
+ * Thread-safety: no other call may be using `cache`.
+ */
+void clip_layer_index_cache_free(struct clip_layer_index_cache *cache);
+
+/**
+ * Frees bytes handed out by `clip_layer_index_cache_get`, with the length it
+ * gave; NULL is accepted.
+ */
+void clip_data_free(uint8_t *data, size_t len);
+
+/**
+ * Fills `opts` with the defaults of `version` (pass `CLIP_CREATE_OPTIONS_VERSION`;
+ * only the fields of that version are written).
  *
  * Returns: 0; `CLIP_EINVALID` if `opts` is NULL; `CLIP_EVERSION` for a version
  * this library does not know.

@@ -40,6 +40,22 @@ for l in "${layers[@]}"; do
 done
 
 read -r t_clip rss_clip < <(time_cmd "$clipctl" index-layout --layout "$layout" --tag bench --out "$work/bench.clip")
+# Layer-index cache (issue 11): the same index into an empty cache (each run starts
+# from none, so it pays for storing the artifacts), then with every layer a hit (no
+# layer byte read); the archives must be identical to the one without the cache.
+lic=$work/layer-index-cache
+read -r t_lic_cold _ < <(time_cmd sh -c "rm -rf '$lic' && exec '$clipctl' index-layout --layout '$layout' --tag bench --layer-index-cache '$lic' --out '$work/bench-lic.clip'")
+cmp "$work/bench.clip" "$work/bench-lic.clip"
+lic_bytes=$(du -sb "$lic" | cut -f1)
+read -r t_lic_hit rss_lic_hit < <(time_cmd "$clipctl" index-layout --layout "$layout" --tag bench --layer-index-cache "$lic" --out "$work/bench-lic.clip")
+cmp "$work/bench.clip" "$work/bench-lic.clip"
+# A hit must not read the layers: with the blobs moved away it still succeeds.
+for l in "${layers[@]}"; do mv "$l" "$l.away"; done
+hit_ok=yes
+"$clipctl" index-layout --layout "$layout" --tag bench --layer-index-cache "$lic" --out "$work/bench-lic.clip" 2>/dev/null || hit_ok=no
+for l in "${layers[@]}"; do mv "$l.away" "$l"; done
+cmp "$work/bench.clip" "$work/bench-lic.clip"
+[ "$hit_ok" = yes ] || { echo "bench: an index with every layer a cache hit read a layer" >&2; exit 1; }
 read -r t_zcat _ < <(time_cmd sh -c "for l in ${layers[*]}; do zcat < \$l > /dev/null; done")
 read -r t_rgz _ < <(time_cmd sh -c "for l in ${layers[*]}; do $rapidgzip -P 2 -f --export-index $work/rgz.idx \$l; done")
 "$rapidgzip" -P 2 -f --export-index "$work/rgz.idx" "${layers[0]}" >/dev/null 2>&1 || true
@@ -53,6 +69,7 @@ r = dict(
   layers=${#layers[@]}, compressed=$comp_total, uncompressed=$uncomp_total, files=$files,
   t_clip=$t_clip, rss_clip_kb=$rss_clip, t_zcat=$t_zcat, t_rgz=$t_rgz,
   archive=$archive_size, max_span=$max_span, runs=$RUNS,
+  t_lic_cold=$t_lic_cold, t_lic_hit=$t_lic_hit, rss_lic_hit_kb=$rss_lic_hit, lic_bytes=$lic_bytes,
 )
 json.dump(r, open(sys.argv[1], "w"), indent=1)
 PY
@@ -69,6 +86,9 @@ rows = [
   ("clip peak RSS while indexing", f'{r["rss_clip_kb"]/1024:.1f} MiB', f'budget {rss_budget/mib:.1f} MiB (64 MiB + 300 B x {r["files"]} files)'),
   ("archive size", f'{r["archive"]/1024:.0f} KiB', f'{100*r["archive"]/r["compressed"]:.3f}% of the compressed image (aim < 0.5%)'),
   ("largest span (uncompressed)", f'{r["max_span"]/mib:.2f} MiB', "aim <= 2 MiB"),
+  ("index with an empty layer-index cache (`--layer-index-cache`, stores the artifacts)", f'{r["t_lic_cold"]:.2f} s', f'{r["t_lic_cold"]/r["t_clip"]:.2f}x (vs no cache)'),
+  ("second index with a layer-index hit for every layer (no layer byte read; same archive)", f'{1000*r["t_lic_hit"]:.0f} ms', f'{r["t_lic_hit"]/r["t_clip"]:.3f}x ({r["t_clip"]/r["t_lic_hit"]:.0f}x faster than cold); peak RSS {r["rss_lic_hit_kb"]/1024:.1f} MiB'),
+  ("layer-index artifacts stored", f'{r["lic_bytes"]/1024:.0f} KiB', f'{r["layers"]} artifacts, {100*r["lic_bytes"]/r["compressed"]:.3f}% of the compressed image'),
 ]
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
 head = (f'Image: debootstrap minbase bookworm + a second layer with python3 (umoci), {r["layers"]} gzip layers, '

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::archive::{self, Archive, Meta, StorageRef};
 use crate::codec::{DEFAULT_SPAN_SIZE, MAX_SPAN_SIZE, MIN_SPAN_SIZE};
 use crate::error::{Error, Result};
+use crate::index::cache::{self as layer_cache, LayerIndexStore};
 use crate::index::{self, LayerIndex};
 use crate::layout::Layout;
 use crate::oci::{Platform, ResolvedImage};
@@ -47,9 +48,14 @@ pub struct Progress {
     pub completed_layers: usize,
     /// Files in the layer (set on `Completed`).
     pub files: usize,
-    /// Where the layer's bytes come from: `"registry"` or `"local-layout"`.
+    /// Where the layer's bytes come from: `"registry"` or `"local-layout"`, or
+    /// `"index-cache"` ([`SOURCE_INDEX_CACHE`]) when its index came from the
+    /// layer-index cache and none of its bytes were read.
     pub source: &'static str,
 }
+
+/// [`Progress::source`] of a layer whose index came from the layer-index cache.
+pub const SOURCE_INDEX_CACHE: &str = "index-cache";
 
 /// A progress callback, called from indexing threads; returning `false` stops the
 /// call, which then fails with [`Error::Canceled`].
@@ -72,6 +78,10 @@ pub struct CreateOptions {
     pub progress: Option<ProgressFn>,
     /// How to reach registries (credentials, plain HTTP, retries).
     pub registry: RegistryOptions,
+    /// Where per-layer index artifacts are looked up before a layer is read, and
+    /// stored after it is indexed ([`crate::index::cache`]); `None` for no cache.
+    /// A miss, a bad artifact or a failed store only costs time.
+    pub layer_index_cache: Option<Arc<dyn LayerIndexStore>>,
 }
 
 impl Default for CreateOptions {
@@ -84,6 +94,7 @@ impl Default for CreateOptions {
             cancel: Arc::new(AtomicBool::new(false)),
             progress: None,
             registry: RegistryOptions::default(),
+            layer_index_cache: None,
         }
     }
 }
@@ -227,6 +238,20 @@ fn index_layers(
                         files,
                         source,
                     };
+                    if let Some(li) = cached(opts, layer) {
+                        let ev = |stage, c, files| Progress {
+                            source: SOURCE_INDEX_CACHE,
+                            ..event(stage, Default::default(), c, files)
+                        };
+                        tell(&ev(Stage::Starting, 0, 0));
+                        let c = completed.fetch_add(1, Ordering::SeqCst) + 1;
+                        let mut done = ev(Stage::Completed, c, li.entries.len());
+                        done.compressed_done = li.record.compressed_size;
+                        done.uncompressed_done = li.record.codec.uncompressed_size;
+                        tell(&done);
+                        results.lock().expect("results lock")[i] = Some(Ok(li));
+                        continue;
+                    }
                     tell(&event(Stage::Starting, Default::default(), 0, 0));
                     let r = open(i)
                         .map_err(|e| e.with_layer(layer.desc.digest))
@@ -249,6 +274,7 @@ fn index_layers(
                         });
                     match &r {
                         Ok(li) => {
+                            store_cached(opts, li);
                             let c = completed.fetch_add(1, Ordering::SeqCst) + 1;
                             let done = index::layer::LayerProgress {
                                 compressed_done: li.record.compressed_size,
@@ -282,6 +308,52 @@ fn index_layers(
     match first_cancel {
         Some(e) => Err(e),
         None => Ok(out),
+    }
+}
+
+/// The layer's index from the layer-index cache, if it holds a valid artifact
+/// for it; anything else (a miss, a store error, a corrupt or mismatching
+/// artifact) is `None`, with a warning for the failures.
+fn cached(opts: &CreateOptions, layer: &crate::oci::Layer) -> Option<LayerIndex> {
+    let store = opts.layer_index_cache.as_ref()?;
+    let key = layer_cache::key(&layer.desc.digest, opts.span_size);
+    let bytes = match store.get(&key) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            tracing::debug!(key, "layer-index cache miss in {}", store.describe());
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(
+                key,
+                "layer-index cache {}: {e}; indexing the layer",
+                store.describe()
+            );
+            return None;
+        }
+    };
+    match layer_cache::decode(&bytes, &key, layer, opts.span_size) {
+        Ok(li) => {
+            tracing::debug!(key, "layer-index cache hit in {}", store.describe());
+            Some(li)
+        }
+        Err(e) => {
+            tracing::warn!("{e} (from {}); indexing the layer", store.describe());
+            None
+        }
+    }
+}
+
+/// Stores a layer's index in the layer-index cache, best effort: a failure is a
+/// warning, never an error of the build.
+fn store_cached(opts: &CreateOptions, li: &LayerIndex) {
+    let Some(store) = &opts.layer_index_cache else {
+        return;
+    };
+    let key = layer_cache::key(&li.record.digest, opts.span_size);
+    let r = layer_cache::encode(li, opts.span_size).and_then(|b| store.put(&key, &b));
+    if let Err(e) = r {
+        tracing::warn!("storing {key} in {}: {e}", store.describe());
     }
 }
 

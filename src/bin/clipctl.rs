@@ -414,6 +414,12 @@ struct IndexArgs {
     /// Print per-layer progress to stderr.
     #[arg(long)]
     progress: bool,
+    /// Keep per-layer index artifacts in this directory (created if missing,
+    /// bounded to 1 GiB, shareable between processes): a layer indexed before,
+    /// in this image or another, is not read again. A directory that cannot be
+    /// used is a warning.
+    #[arg(long, value_name = "DIR")]
+    layer_index_cache: Option<PathBuf>,
 }
 
 fn parse_size(s: &str) -> Result<u64> {
@@ -443,6 +449,13 @@ impl IndexArgs {
             concurrency: self.concurrency,
             ..Default::default()
         };
+        if let Some(dir) = &self.layer_index_cache {
+            // A cache only saves time: one that cannot be opened is a warning.
+            match clip::index::cache::DiskLayerIndexStore::open(dir, 0) {
+                Ok(store) => o.layer_index_cache = Some(Arc::new(store)),
+                Err(e) => tracing::warn!("layer-index cache not used: {e}"),
+            }
+        }
         if !self.progress && std::io::stderr().is_terminal() {
             o.progress = Some(progress_bar());
         }
@@ -454,13 +467,14 @@ impl IndexArgs {
                     Stage::Completed => "completed",
                 };
                 eprintln!(
-                    "layer {}/{} {stage} {}: {} of {} compressed bytes, {} uncompressed",
+                    "layer {}/{} {stage} {}: {} of {} compressed bytes, {} uncompressed (from {})",
                     p.layer_index,
                     p.total_layers,
                     p.layer_digest,
                     p.compressed_done,
                     p.compressed_total,
-                    p.uncompressed_done
+                    p.uncompressed_done,
+                    p.source
                 );
                 true
             }));

@@ -36,7 +36,9 @@ pub struct clip_progress {
     pub completed_layers: usize,
     /// Files in the layer (set on `CLIP_STAGE_COMPLETED`).
     pub files: usize,
-    /// Where the layer's bytes come from: `"registry"` or `"local-layout"`.
+    /// Where the layer's bytes come from: `"registry"` or `"local-layout"`, or
+    /// `"index-cache"` when its index came from the layer-index cache (no byte
+    /// of the layer read; `STARTING` and `COMPLETED` only).
     pub source: *const c_char,
 }
 
@@ -78,9 +80,33 @@ pub struct clip_create_options {
     pub registry: *const clip_registry_options,
     /// Cancels the call when cancelled; NULL for none.
     pub cancel: *const clip_cancel,
+    /// (Version 2.) A directory for the library's disk layer-index cache
+    /// (created if missing; see `clip_layer_index_cache_open`): a layer indexed
+    /// before with the same span size is not read again, and the archive is the
+    /// same. A directory that cannot be opened or written is a warning, never an
+    /// error. NULL for none.
+    pub layer_index_cache_dir: *const c_char,
+    /// (Version 2.) Size limit of `layer_index_cache_dir` in bytes; 0 for 1 GiB.
+    pub layer_index_cache_max_bytes: u64,
+    /// (Version 2.) A caller-provided layer-index cache instead of
+    /// `layer_index_cache_dir` (setting both is `CLIP_EINVALID`); NULL for none.
+    /// Read at the start of the call; its callbacks are called during it.
+    pub layer_index_cache: *const clip_layer_index_cache_callbacks,
 }
 
-/// Fills `opts` with the defaults of `version` (pass `CLIP_CREATE_OPTIONS_VERSION`).
+// SAFETY: `clip_create_options` is `#[repr(C)]` of integers, raw pointers and
+// `Option`s of function pointers, version first; version 2 appended the
+// layer-index cache fields to version 1, which ended after `cancel`.
+unsafe impl Versioned for clip_create_options {
+    const NAME: &'static str = "clip_create_options";
+    const SIZES: &'static [usize] = &[
+        std::mem::offset_of!(clip_create_options, layer_index_cache_dir),
+        std::mem::size_of::<clip_create_options>(),
+    ];
+}
+
+/// Fills `opts` with the defaults of `version` (pass `CLIP_CREATE_OPTIONS_VERSION`;
+/// only the fields of that version are written).
 ///
 /// Returns: 0; `CLIP_EINVALID` if `opts` is NULL; `CLIP_EVERSION` for a version
 /// this library does not know.
@@ -92,7 +118,7 @@ pub extern "C" fn clip_create_options_init(
     boundary("clip_create_options_init", || {
         check_version("clip_create_options", version, CLIP_CREATE_OPTIONS_VERSION)?;
         let o = c_out_struct(opts, "opts")?;
-        write_struct(
+        write_versioned(
             o,
             clip_create_options {
                 version,
@@ -104,7 +130,11 @@ pub extern "C" fn clip_create_options_init(
                 progress_payload: std::ptr::null_mut(),
                 registry: std::ptr::null(),
                 cancel: std::ptr::null(),
+                layer_index_cache_dir: std::ptr::null(),
+                layer_index_cache_max_bytes: 0,
+                layer_index_cache: std::ptr::null(),
             },
+            version,
         );
         Ok(())
     })
@@ -160,12 +190,7 @@ fn create_options(p: *const clip_create_options) -> FfiResult<(CreateOptions, Ar
     if p.is_null() {
         return Ok((o, stopped));
     }
-    let c = c_ref(p, "opts")?;
-    check_version(
-        "clip_create_options",
-        c.version,
-        CLIP_CREATE_OPTIONS_VERSION,
-    )?;
+    let c = c_versioned(p, "opts")?;
     o.storage_ref = c_str_opt(c.storage_ref, "opts->storage_ref")?.map(str::to_owned);
     o.platform = c_str_opt(c.platform, "opts->platform")?
         .map(Platform::parse)
@@ -178,6 +203,11 @@ fn create_options(p: *const clip_create_options) -> FfiResult<(CreateOptions, Ar
         o.cancel = c_ref(c.cancel, "opts->cancel")?.flag.clone();
     }
     o.registry = registry_options(c.registry, &stopped)?;
+    o.layer_index_cache = layer_index_cache(
+        c.layer_index_cache_dir,
+        c.layer_index_cache_max_bytes,
+        c.layer_index_cache,
+    )?;
     if let Some(cb) = c.progress_cb {
         let pc = ProgressCallback {
             cb,

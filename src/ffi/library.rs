@@ -13,8 +13,10 @@ use super::*;
 
 /// Current version of `clip_registry_options`.
 pub const CLIP_REGISTRY_OPTIONS_VERSION: c_uint = 1;
-/// Current version of `clip_create_options`.
-pub const CLIP_CREATE_OPTIONS_VERSION: c_uint = 1;
+/// Current version of `clip_create_options` (2 added the layer-index cache).
+pub const CLIP_CREATE_OPTIONS_VERSION: c_uint = 2;
+/// Current version of `clip_layer_index_cache_callbacks`.
+pub const CLIP_LAYER_INDEX_CACHE_CALLBACKS_VERSION: c_uint = 1;
 /// Current version of `clip_mount_options` (2 added `s3` and `data_archive`, 3 the
 /// content tier and the free-space floor).
 pub const CLIP_MOUNT_OPTIONS_VERSION: c_uint = 3;

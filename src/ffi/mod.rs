@@ -25,6 +25,8 @@
 //! - `library`: the other constants and the library-wide functions (version,
 //!   last error, strings, log level);
 //! - `cancel`: cancel tokens; `registry`: registry options and credentials;
+//! - `layer_cache`: the layer-index cache (a caller's callbacks, the disk cache
+//!   as a handle);
 //! - `create`: creating index-only archives; `pack`: packing directories into
 //!   v1 archives; `s3`: S3 locations, uploads and `.rclip`s; `cache`: the
 //!   shared content tier (callbacks) and the gate that stops callbacks once
@@ -45,6 +47,8 @@ mod library;
 mod cancel;
 
 mod registry;
+
+mod layer_cache;
 
 mod create;
 
@@ -67,6 +71,7 @@ pub use cache::*;
 pub use cancel::*;
 pub use create::*;
 pub use error::*;
+pub use layer_cache::*;
 pub use library::*;
 pub use mount::*;
 pub use pack::*;
@@ -151,6 +156,30 @@ fn write_out<T>(out: *mut *mut T, value: *mut T) {
     // SAFETY: `out` was checked non-NULL by `c_out` and points to writable storage
     // for a pointer, as the header requires of out-parameters.
     unsafe { out.write(value) }
+}
+
+/// The `len` bytes at `p` (argument `name`); `p` may be NULL only if `len` is 0.
+fn c_slice<'a>(p: *const u8, len: usize, name: &str) -> FfiResult<&'a [u8]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(Failure::invalid(format!(
+            "argument {name} is NULL but its length is {len}"
+        )));
+    }
+    // SAFETY: the header documents every (pointer, length) argument as `len`
+    // readable bytes that stay valid and unchanged for the call; `p` is not NULL.
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+/// Takes back bytes handed out as `Box::into_raw` of a `Box<[u8]>` of `len` bytes.
+fn free_data(p: *mut u8, len: usize) {
+    if !p.is_null() {
+        // SAFETY: `p` and `len` came from `Box::<[u8]>::into_raw` in this module
+        // (the header requires the length it gave) and are not used again.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, len)) });
+    }
 }
 
 /// Takes back ownership of a handle handed out by `Box::into_raw`.

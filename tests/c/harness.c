@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1172,6 +1173,173 @@ struct test {
     void (*fn)(void);
 };
 
+
+/* A caller's layer-index cache: a small table, thread-safe (callbacks may come
+ * from several indexing threads at once). */
+#define MEM_CACHE_MAX 8
+struct mem_cache {
+    pthread_mutex_t lock;
+    char *key[MEM_CACHE_MAX];
+    uint8_t *data[MEM_CACHE_MAX];
+    size_t len[MEM_CACHE_MAX];
+    int n, gets, hits, puts;
+};
+
+static int mem_get(clip_buffer *out, const char *key, void *payload) {
+    struct mem_cache *c = payload;
+    int i, rc = CLIP_ENOTFOUND;
+    pthread_mutex_lock(&c->lock);
+    c->gets++;
+    for (i = 0; i < c->n; i++)
+        if (strcmp(c->key[i], key) == 0) {
+            c->hits++;
+            rc = clip_buffer_set(out, c->data[i], c->len[i]);
+        }
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+static int mem_put(const char *key, const uint8_t *data, size_t len, void *payload) {
+    struct mem_cache *c = payload;
+    int rc = -1;
+    pthread_mutex_lock(&c->lock);
+    c->puts++;
+    if (c->n < MEM_CACHE_MAX && strncmp(key, "clip-layer-index/rs1/span1048576/sha256_", 40) == 0) {
+        c->key[c->n] = strdup(key);
+        c->data[c->n] = malloc(len);
+        memcpy(c->data[c->n], data, len);
+        c->len[c->n] = len;
+        c->n++;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+static int failing_put(const char *key, const uint8_t *data, size_t len, void *payload) {
+    (void)key, (void)data, (void)len, (void)payload;
+    return -1;
+}
+
+static int same_file(const char *a, const char *b) {
+    size_t la, lb;
+    char *x = read_file(a, &la), *y = read_file(b, &lb);
+    int same = x && y && la == lb && memcmp(x, y, la) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+
+static void test_layer_index_cache(void) {
+    clip_create_options o;
+    clip_layer_index_cache_callbacks cbs;
+    struct progress_log log;
+    struct mem_cache mc;
+    char *plain = path_in(work, "lic-plain.clip"), *a = path_in(work, "lic-a.clip");
+    char *b = path_in(work, "lic-b.clip"), *dir = path_in(work, "lic-cache");
+    int i;
+
+    memset(&mc, 0, sizeof mc);
+    pthread_mutex_init(&mc.lock, NULL);
+    EXPECT_OK(clip_create_options_init(&o, CLIP_CREATE_OPTIONS_VERSION));
+    o.span_size = 1 << 20;
+    EXPECT_OK(clip_index_layout(layout, "v1", plain, &o));
+
+    /* Callbacks: the first run stores one artifact per layer, the second reads
+     * them all and no layer. */
+    EXPECT_OK(clip_layer_index_cache_callbacks_init(&cbs, CLIP_LAYER_INDEX_CACHE_CALLBACKS_VERSION));
+    CHECK(cbs.get == NULL && cbs.put == NULL && cbs.payload == NULL, "init leaves no callbacks");
+    cbs.get = mem_get;
+    cbs.put = mem_put;
+    cbs.payload = &mc;
+    o.layer_index_cache = &cbs;
+    o.concurrency = 2;
+    progress_log_init(&log);
+    o.progress_cb = on_progress;
+    o.progress_payload = &log;
+    EXPECT_OK(clip_index_layout(layout, "v1", a, &o));
+    check_progress_complete(&log, 2, "local-layout");
+    progress_log_destroy(&log);
+    CHECK(mc.gets == 2 && mc.puts == 2 && mc.hits == 0 && mc.n == 2, "first run: %d gets, %d puts, %d hits",
+          mc.gets, mc.puts, mc.hits);
+    progress_log_init(&log);
+    o.progress_payload = &log;
+    EXPECT_OK(clip_index_layout(layout, "v1", b, &o));
+    check_progress_complete(&log, 2, "index-cache");
+    progress_log_destroy(&log);
+    CHECK(mc.gets == 4 && mc.puts == 2 && mc.hits == 2, "second run: %d gets, %d puts, %d hits", mc.gets, mc.puts,
+          mc.hits);
+    CHECK(same_file(plain, a) && same_file(plain, b), "archives with the cache equal the one without");
+
+    /* A corrupt artifact is a miss; a put that fails is no error. */
+    o.progress_cb = NULL;
+    mc.data[0][mc.len[0] / 2] ^= 0x40;
+    cbs.put = failing_put;
+    EXPECT_OK(clip_index_layout(layout, "v1", b, &o));
+    CHECK(same_file(plain, b), "archive after a corrupt artifact");
+
+    /* Both a directory and callbacks: refused. */
+    o.layer_index_cache_dir = dir;
+    EXPECT_ERR(clip_index_layout(layout, "v1", b, &o), CLIP_EINVALID, "both set");
+    o.layer_index_cache = NULL;
+
+    /* The disk cache: the second run is all hits, same archive. */
+    EXPECT_OK(clip_index_layout(layout, "v1", a, &o));
+    progress_log_init(&log);
+    o.progress_cb = on_progress;
+    o.progress_payload = &log;
+    EXPECT_OK(clip_index_layout(layout, "v1", b, &o));
+    check_progress_complete(&log, 2, "index-cache");
+    progress_log_destroy(&log);
+    CHECK(same_file(plain, a) && same_file(plain, b), "archives with the disk cache");
+
+    /* The disk cache as a handle: any key, NOT_FOUND on a miss, data freed by us. */
+    {
+        clip_layer_index_cache *c = NULL;
+        uint8_t *data = NULL;
+        size_t len = 0;
+        static const char key[] = "../../etc/passwd\0with a NUL";
+        EXPECT_OK(clip_layer_index_cache_open(&c, dir, 0));
+        EXPECT_ERR(clip_layer_index_cache_get(&data, &len, c, (const uint8_t *)key, sizeof key),
+                   CLIP_ENOTFOUND, "no entry");
+        CHECK(data == NULL, "out-parameter untouched on a miss");
+        EXPECT_OK(clip_layer_index_cache_put(c, (const uint8_t *)key, sizeof key, (const uint8_t *)"hello", 5));
+        EXPECT_OK(clip_layer_index_cache_get(&data, &len, c, (const uint8_t *)key, sizeof key));
+        CHECK(len == 5 && data && memcmp(data, "hello", 5) == 0, "round trip: %zu bytes", len);
+        clip_data_free(data, len);
+        EXPECT_ERR(clip_layer_index_cache_get(&data, &len, c, (const uint8_t *)key, 0), CLIP_EINVALID, "key");
+        EXPECT_ERR(clip_layer_index_cache_put(NULL, (const uint8_t *)key, 1, NULL, 0), CLIP_EINVALID, "cache");
+        EXPECT_ERR(clip_layer_index_cache_open(NULL, dir, 0), CLIP_EINVALID, "out");
+        clip_layer_index_cache_free(c);
+        clip_layer_index_cache_free(NULL);
+        clip_data_free(NULL, 0);
+    }
+
+    /* A version-1 options struct (no cache fields) is still read. */
+    {
+        size_t v1 = offsetof(clip_create_options, layer_index_cache_dir);
+        unsigned char *buf = malloc(sizeof o + 64);
+        memset(buf, 0xAA, sizeof o + 64);
+        EXPECT_OK(clip_create_options_init((clip_create_options *)buf, 1));
+        for (i = (int)v1; i < (int)(sizeof o + 64); i++)
+            if (buf[i] != 0xAA) break;
+        CHECK(i == (int)(sizeof o + 64), "init of version 1 wrote past its fields (byte %d)", i);
+        memset(buf + v1, 0, sizeof o + 64 - v1);
+        EXPECT_OK(clip_index_layout(layout, "v1", a, (clip_create_options *)buf));
+        free(buf);
+    }
+
+    for (i = 0; i < mc.n; i++) {
+        free(mc.key[i]);
+        free(mc.data[i]);
+    }
+    pthread_mutex_destroy(&mc.lock);
+    free(plain);
+    free(a);
+    free(b);
+    free(dir);
+}
+
 static const struct test tests[] = {
     {"version", test_version},
     {"log_level", test_log_level},
@@ -1188,6 +1356,7 @@ static const struct test tests[] = {
     {"registry_create", test_registry_create},
     {"registry_mount", test_registry_mount},
     {"pack", test_pack},
+    {"layer_index_cache", test_layer_index_cache},
 };
 
 int main(int argc, char **argv) {

@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"runtime"
 	"runtime/cgo"
 	"strings"
 	"sync"
@@ -34,6 +35,9 @@ type callbacks struct {
 	// cacheTimeout bounds every call of cache (see bounded).
 	cacheTimeout time.Duration
 	prepare      func(storage.PrepareProgress) // PrepareArchiveContent's progress
+	// layerIndex is the caller's layer-index cache (not a DiskLayerIndexCache,
+	// which libclip uses natively).
+	layerIndex storage.LayerIndexCache
 
 	mu          sync.Mutex
 	panicked    any
@@ -238,6 +242,49 @@ func clipgoPrepareProgress(p *C.clip_prepare_progress, h C.uintptr_t) (rc C.int)
 	}
 	if cb.prepare != nil {
 		cb.prepare(storage.PrepareProgress{Completed: int(p.completed), Total: int(p.total), Bytes: int64(p.bytes)})
+	}
+	return 0
+}
+
+//export clipgoLayerIndexGet
+func clipgoLayerIndexGet(out *C.clip_buffer, key *C.char, h C.uintptr_t) (rc C.int) {
+	cb := fromHandle(h)
+	defer func() {
+		if r := recover(); r != nil {
+			cb.recovered(r) // a miss for libclip; re-raised when the call returns
+			rc = C.CLIP_EUSER
+		}
+	}()
+	data, err := cb.layerIndex.GetLayerIndex(cb.ctx, C.GoString(key))
+	if err != nil {
+		return C.CLIP_ERROR // a miss, with a warning
+	}
+	if data == nil {
+		return C.CLIP_ENOTFOUND
+	}
+	var p *C.uint8_t
+	if len(data) > 0 {
+		// Go memory without Go pointers, for the call only: libclip copies it.
+		p = (*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(data)))
+	}
+	rc = C.clip_buffer_set(out, p, C.size_t(len(data)))
+	runtime.KeepAlive(data)
+	return rc
+}
+
+//export clipgoLayerIndexPut
+func clipgoLayerIndexPut(key *C.char, data *C.uint8_t, n C.size_t, h C.uintptr_t) (rc C.int) {
+	cb := fromHandle(h)
+	defer func() {
+		if r := recover(); r != nil {
+			cb.recovered(r) // nothing stored; re-raised when the call returns
+			rc = C.CLIP_EUSER
+		}
+	}()
+	// A copy: the cache may keep it, and libclip's buffer is gone after the call.
+	b := C.GoBytes(unsafe.Pointer(data), C.int(n))
+	if err := cb.layerIndex.PutLayerIndex(cb.ctx, C.GoString(key), b); err != nil {
+		return C.CLIP_ERROR // a warning; the build goes on
 	}
 	return 0
 }

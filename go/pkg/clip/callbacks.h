@@ -13,5 +13,6 @@ void clipgo_set_read_observer(clip_mount_options *opts, uintptr_t handle);
 void clipgo_set_upload_progress(clip_upload_options *opts, uintptr_t handle);
 void clipgo_set_content_cache(clip_content_cache *cache, uintptr_t handle);
 void clipgo_set_prepare_progress(clip_prepare_options *opts, uintptr_t handle);
+void clipgo_set_layer_index_cache(clip_layer_index_cache_callbacks *cbs, uintptr_t handle);
 
 #endif

@@ -9,9 +9,11 @@ import "C"
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"sync"
 
 	"github.com/beam-cloud/clip/go/pkg/common"
+	"github.com/beam-cloud/clip/go/pkg/storage"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
@@ -36,6 +38,7 @@ func CreateFromOCIImage(ctx context.Context, options CreateFromOCIImageOptions) 
 		concurrency: o.IndexConcurrency,
 		progress:    o.ProgressChan,
 		provider:    providerOf(o.CredProvider),
+		layerIndex:  layerIndexCacheOf(o.LayerIndexCache),
 	}
 	if spec.storageRef == "" {
 		spec.storageRef = o.ImageRef
@@ -86,6 +89,7 @@ type createSpec struct {
 	concurrency   int
 	progress      chan<- OCIIndexProgress
 	provider      common.RegistryCredentialProvider
+	layerIndex    storage.LayerIndexCache // nil: none
 }
 
 func create(ctx context.Context, s createSpec) error {
@@ -108,9 +112,28 @@ func create(ctx context.Context, s createSpec) error {
 	opts.concurrency = C.uint(s.concurrency)
 
 	cb := &callbacks{ctx: ctx, progress: s.progress, provider: s.provider}
-	if s.progress != nil || s.provider != nil {
+	disk, isDisk := s.layerIndex.(*storage.DiskLayerIndexCache)
+	if isDisk {
+		// libclip's own disk cache: used natively, no callback.
+		opts.layer_index_cache_dir = cs.str(disk.Dir())
+		opts.layer_index_cache_max_bytes = C.uint64_t(disk.MaxBytes())
+	} else if s.layerIndex != nil {
+		cb.layerIndex = s.layerIndex
+	}
+	if s.progress != nil || s.provider != nil || cb.layerIndex != nil {
 		h := newHandle(cb)
 		defer deleteHandle(h)
+		if cb.layerIndex != nil {
+			cbs := cAlloc[C.clip_layer_index_cache_callbacks]()
+			defer cFree(cbs)
+			if err := call(func() C.int {
+				return C.clip_layer_index_cache_callbacks_init(cbs, C.CLIP_LAYER_INDEX_CACHE_CALLBACKS_VERSION)
+			}); err != nil {
+				return err
+			}
+			C.clipgo_set_layer_index_cache(cbs, C.uintptr_t(h))
+			opts.layer_index_cache = cbs
+		}
 		if s.progress != nil {
 			C.clipgo_set_progress(opts, C.uintptr_t(h))
 		}
@@ -172,6 +195,18 @@ func platformString(p *v1.Platform) string {
 		s += "/" + p.Variant
 	}
 	return s
+}
+
+// layerIndexCacheOf is c, or nil for none: a nil interface or one holding a nil
+// pointer (a typed nil, whose methods could only panic).
+func layerIndexCacheOf(c storage.LayerIndexCache) storage.LayerIndexCache {
+	if c == nil {
+		return nil
+	}
+	if v := reflect.ValueOf(c); v.Kind() == reflect.Pointer && v.IsNil() {
+		return nil
+	}
+	return c
 }
 
 // providerOf accepts what the Go clip accepted: any value, used when it is a

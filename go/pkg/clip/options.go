@@ -112,10 +112,19 @@ type CreateFromOCIImageOptions struct {
 	// IndexConcurrency is how many layers are indexed at once; <=0 means 4.
 	IndexConcurrency int
 
-	// Accepted, not used: content and layer-index caches (see docs/GO.md).
+	// LayerIndexCache, if set, keeps per-layer index artifacts: a layer found
+	// there is not read at all (progress Source LayerSourceIndexCache) and the
+	// archive is the same. A *storage.DiskLayerIndexCache is used by libclip
+	// directly; any other implementation is called from indexing goroutines
+	// (concurrently) under keys naming libclip's artifact version and span size
+	// ("clip-layer-index/rs1/span2097152/sha256_<hex>", never the Go clip's
+	// "clip-layer-index/v1/..." keys). GetLayerIndex's (nil, nil) and errors are
+	// misses; PutLayerIndex errors never fail the call. A typed nil means none.
+	LayerIndexCache storage.LayerIndexCache
+
+	// Accepted, not used: the content cache (see docs/GO.md).
 	ContentCache    storage.ContentCache
 	ContentCacheDir string
-	LayerIndexCache storage.LayerIndexCache
 }
 
 // Where a layer's bytes came from, in OCIIndexProgress.Source.

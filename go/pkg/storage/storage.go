@@ -2,7 +2,8 @@
 // cache and layer-index cache a caller may hand in, and storage credentials. It
 // mirrors the pkg/storage package of the Go clip that the beta9 worker imports today
 // so that code naming these types compiles unchanged. docs/GO.md says which of them
-// the Rust-backed clip honours today.
+// the Rust-backed clip honours today. DiskLayerIndexCache is libclip's disk cache
+// (through cgo); everything else here is plain Go.
 package storage
 
 import (
@@ -60,7 +61,9 @@ type ContentCacheClientLocalPageFileViews interface {
 }
 
 // LayerIndexCache stores per-layer index artifacts. GetLayerIndex returns (nil, nil)
-// on a miss; PutLayerIndex failures never fail a build.
+// on a miss (an error is a miss too); PutLayerIndex failures never fail a build.
+// Both may be called from several goroutines at once (layers are indexed in
+// parallel). DiskLayerIndexCache is one; any other works as a key → bytes store.
 type LayerIndexCache interface {
 	GetLayerIndex(ctx context.Context, key string) ([]byte, error)
 	PutLayerIndex(ctx context.Context, key string, data []byte) error
