@@ -374,6 +374,53 @@ typedef struct clip_layer_index_cache_callbacks {
 } clip_layer_index_cache_callbacks;
 
 /**
+ * A content cache of the caller's (a cluster cache) used as the shared content
+ * tier of a mount: whole uncompressed layers, each under the bare sha256 hex of
+ * its uncompressed stream (`DecompressedHash`), read by range. Initialise with
+ * `clip_content_cache_init`.
+ *
+ * Callbacks return `CLIP_OK` on success, `CLIP_ENOTFOUND` for "not held" (a
+ * miss), `CLIP_ENETWORK` for "unavailable now" (the tier is then not asked for
+ * a while), any other negative code for another failure. No failure fails a
+ * read: the layer source serves it.
+ *
+ * Thread-safety: the callbacks are called from the library's threads,
+ * concurrently. A read waits for a callback at most
+ * `clip_mount_options.content_cache_timeout_ms` and then goes on without it;
+ * the callback keeps its thread until it returns. `clip_mount_free` (and
+ * `clip_prepare` before returning) waits for callbacks in progress and calls
+ * none after, so `payload` need only stay valid until then. Strings and buffers
+ * are valid only during a call.
+ */
+typedef struct clip_content_cache {
+  /**
+   * `CLIP_CONTENT_CACHE_VERSION`.
+   */
+  unsigned int version;
+  /**
+   * Whether the cache holds `key` with exactly `size` bytes: 1 if so, 0 if
+   * not, `CLIP_EUNSUPPORTED` if it cannot tell (reads are then tried), or an
+   * error code. NULL: it cannot tell.
+   */
+  int (*exists)(const char *key, uint64_t size, void *payload);
+  /**
+   * Fills all `len` bytes of `buf` with the bytes of `key` at `offset`.
+   * Required.
+   */
+  int (*read)(const char *key, uint64_t offset, uint8_t *buf, uint64_t len, void *payload);
+  /**
+   * Stores the file at `path` (the whole uncompressed layer) under `key`;
+   * called from a background thread and may take long. NULL: the cache is
+   * only read.
+   */
+  int (*store_file)(const char *key, const char *path, void *payload);
+  /**
+   * Handed to the callbacks.
+   */
+  void *payload;
+} clip_content_cache;
+
+/**
  * One progress event of `clip_index_layout` / `clip_create_from_image`. Fields may
  * be appended in later versions; never copy the struct by value into storage
  * that outlives the callback.
@@ -499,6 +546,21 @@ typedef struct clip_create_options {
    * Read at the start of the call; its callbacks are called during it.
    */
   const struct clip_layer_index_cache_callbacks *layer_index_cache;
+  /**
+   * (Version 2.) A content cache of the caller's (see `clip_content_cache`),
+   * keyed here by the bare hex of a layer's (compressed) digest: a layer blob
+   * it holds with exactly the layer's size (`exists` says 1) is read from it,
+   * the digest verified as it streams (any failure: the layer source is read
+   * instead); a blob read from the source is then stored into it (best
+   * effort). NULL for none. Its callbacks are not called after the call
+   * returns.
+   */
+  const struct clip_content_cache *content_cache;
+  /**
+   * (Version 2.) Where a blob is spooled for `content_cache` while it is
+   * indexed; NULL for the system's temporary directory.
+   */
+  const char *content_cache_dir;
 } clip_create_options;
 
 /**
@@ -626,53 +688,6 @@ typedef struct clip_upload_options {
    */
   const struct clip_cancel *cancel;
 } clip_upload_options;
-
-/**
- * A content cache of the caller's (a cluster cache) used as the shared content
- * tier of a mount: whole uncompressed layers, each under the bare sha256 hex of
- * its uncompressed stream (`DecompressedHash`), read by range. Initialise with
- * `clip_content_cache_init`.
- *
- * Callbacks return `CLIP_OK` on success, `CLIP_ENOTFOUND` for "not held" (a
- * miss), `CLIP_ENETWORK` for "unavailable now" (the tier is then not asked for
- * a while), any other negative code for another failure. No failure fails a
- * read: the layer source serves it.
- *
- * Thread-safety: the callbacks are called from the library's threads,
- * concurrently. A read waits for a callback at most
- * `clip_mount_options.content_cache_timeout_ms` and then goes on without it;
- * the callback keeps its thread until it returns. `clip_mount_free` (and
- * `clip_prepare` before returning) waits for callbacks in progress and calls
- * none after, so `payload` need only stay valid until then. Strings and buffers
- * are valid only during a call.
- */
-typedef struct clip_content_cache {
-  /**
-   * `CLIP_CONTENT_CACHE_VERSION`.
-   */
-  unsigned int version;
-  /**
-   * Whether the cache holds `key` with exactly `size` bytes: 1 if so, 0 if
-   * not, `CLIP_EUNSUPPORTED` if it cannot tell (reads are then tried), or an
-   * error code. NULL: it cannot tell.
-   */
-  int (*exists)(const char *key, uint64_t size, void *payload);
-  /**
-   * Fills all `len` bytes of `buf` with the bytes of `key` at `offset`.
-   * Required.
-   */
-  int (*read)(const char *key, uint64_t offset, uint8_t *buf, uint64_t len, void *payload);
-  /**
-   * Stores the file at `path` (the whole uncompressed layer) under `key`;
-   * called from a background thread and may take long. NULL: the cache is
-   * only read.
-   */
-  int (*store_file)(const char *key, const char *path, void *payload);
-  /**
-   * Handed to the callbacks.
-   */
-  void *payload;
-} clip_content_cache;
 
 /**
  * An attribute of a read event: `key=value`, both C strings.
@@ -1198,6 +1213,15 @@ void clip_layer_index_cache_free(struct clip_layer_index_cache *cache);
 void clip_data_free(uint8_t *data, size_t len);
 
 /**
+ * Fills `cache` with the defaults of `version` (pass
+ * `CLIP_CONTENT_CACHE_VERSION`): no callbacks.
+ *
+ * Returns: 0; `CLIP_EINVALID` if `cache` is NULL; `CLIP_EVERSION` for a version
+ * this library does not know.
+ */
+int clip_content_cache_init(struct clip_content_cache *cache, unsigned int version);
+
+/**
  * Fills `opts` with the defaults of `version` (pass `CLIP_CREATE_OPTIONS_VERSION`;
  * only the fields of that version are written).
  *
@@ -1319,15 +1343,6 @@ int clip_upload(const char *archive_path,
 int clip_write_remote(const char *archive_path,
                       const char *out_path,
                       const struct clip_s3_options *s3);
-
-/**
- * Fills `cache` with the defaults of `version` (pass
- * `CLIP_CONTENT_CACHE_VERSION`): no callbacks.
- *
- * Returns: 0; `CLIP_EINVALID` if `cache` is NULL; `CLIP_EVERSION` for a version
- * this library does not know.
- */
-int clip_content_cache_init(struct clip_content_cache *cache, unsigned int version);
 
 /**
  * Reads and validates the archive at `path`.

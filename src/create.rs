@@ -15,6 +15,7 @@ use crate::layout::Layout;
 use crate::oci::{Platform, ResolvedImage};
 use crate::reference::{Reference, RegistryRef};
 use crate::registry::{Client, RegistryOptions};
+use crate::tier::{Outcome, Tier, TierError};
 
 /// Stage of a layer's progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,9 @@ pub struct Progress {
 
 /// [`Progress::source`] of a layer whose index came from the layer-index cache.
 pub const SOURCE_INDEX_CACHE: &str = "index-cache";
+/// [`Progress::source`] of a layer whose compressed blob was read from the
+/// content tier.
+pub const SOURCE_CONTENT_CACHE: &str = "content-cache";
 
 /// A progress callback, called from indexing threads; returning `false` stops the
 /// call, which then fails with [`Error::Canceled`].
@@ -82,6 +86,15 @@ pub struct CreateOptions {
     /// stored after it is indexed ([`crate::index::cache`]); `None` for no cache.
     /// A miss, a bad artifact or a failed store only costs time.
     pub layer_index_cache: Option<Arc<dyn LayerIndexStore>>,
+    /// A shared content tier ([`crate::tier`]): a layer's compressed blob is read
+    /// from it (key: the bare hex of the layer digest) when it says it holds it
+    /// with exactly the layer's size, the digest verified as it streams (any
+    /// failure: the layer source is read instead); a blob read from the layer
+    /// source is stored into it afterwards, best effort.
+    pub content_tier: Option<Arc<Tier>>,
+    /// Where a blob is spooled while it is indexed, to store it into the content
+    /// tier (default: the system's temporary directory).
+    pub spool_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for CreateOptions {
@@ -95,6 +108,8 @@ impl Default for CreateOptions {
             progress: None,
             registry: RegistryOptions::default(),
             layer_index_cache: None,
+            content_tier: None,
+            spool_dir: None,
         }
     }
 }
@@ -252,13 +267,69 @@ fn index_layers(
                         results.lock().expect("results lock")[i] = Some(Ok(li));
                         continue;
                     }
-                    tell(&event(Stage::Starting, Default::default(), 0, 0));
+                    // The content tier first, if it holds the blob; else the source,
+                    // spooling the blob for the tier when it lacks it.
+                    let mut spool = false;
+                    let mut told = false;
+                    if let Some(t) = &opts.content_tier {
+                        let key = layer.desc.digest.hex();
+                        match t.exists(&key, layer.desc.size) {
+                            Outcome::Done(Some(true)) => {
+                                let ev = |stage, done, c, files| Progress {
+                                    source: SOURCE_CONTENT_CACHE,
+                                    ..event(stage, done, c, files)
+                                };
+                                tell(&ev(Stage::Starting, Default::default(), 0, 0));
+                                told = true;
+                                let mut rd = TierBlobReader::new(t.clone(), key, layer.desc.size);
+                                let mut last = std::time::Instant::now();
+                                match index::index_layer(&mut rd, layer, opts.span_size, &stopped, &mut |done| {
+                                    if opts.progress.is_some()
+                                        && last.elapsed() >= std::time::Duration::from_millis(500)
+                                    {
+                                        last = std::time::Instant::now();
+                                        tell(&ev(Stage::Progress, done, 0, 0));
+                                    }
+                                }) {
+                                    Ok(li) => {
+                                        store_cached(opts, &li);
+                                        let c = completed.fetch_add(1, Ordering::SeqCst) + 1;
+                                        let done = index::layer::LayerProgress {
+                                            compressed_done: li.record.compressed_size,
+                                            uncompressed_done: li.record.codec.uncompressed_size,
+                                        };
+                                        tell(&ev(Stage::Completed, done, c, li.entries.len()));
+                                        results.lock().expect("results lock")[i] = Some(Ok(li));
+                                        continue;
+                                    }
+                                    Err(e) if stopped() => {
+                                        results.lock().expect("results lock")[i] = Some(Err(e));
+                                        continue;
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(
+                                            "content tier {}: {e}; reading the layer from its source",
+                                            t.describe()
+                                        );
+                                        spool = true;
+                                    }
+                                }
+                            }
+                            Outcome::Done(_) | Outcome::Error(TierError::Miss) => spool = true,
+                            _ => {}
+                        }
+                    }
+                    if !told {
+                        tell(&event(Stage::Starting, Default::default(), 0, 0));
+                    }
+                    let spool = if spool { Spool::create(opts, layer) } else { None };
                     let r = open(i)
                         .map_err(|e| e.with_layer(layer.desc.digest))
-                        .and_then(|mut rd| {
+                        .and_then(|rd| {
+                            let mut rd = Tee { inner: rd, spool: spool.as_ref() };
                             let mut last = std::time::Instant::now();
                             index::index_layer(
-                                &mut *rd,
+                                &mut rd,
                                 layer,
                                 opts.span_size,
                                 &stopped,
@@ -272,6 +343,9 @@ fn index_layers(
                                 },
                             )
                         });
+                    if let (Ok(_), Some(sp), Some(t)) = (&r, spool, &opts.content_tier) {
+                        sp.store(t, layer);
+                    }
                     match &r {
                         Ok(li) => {
                             store_cached(opts, li);
@@ -354,6 +428,139 @@ fn store_cached(opts: &CreateOptions, li: &LayerIndex) {
     let r = layer_cache::encode(li, opts.span_size).and_then(|b| store.put(&key, &b));
     if let Err(e) = r {
         tracing::warn!("storing {key} in {}: {e}", store.describe());
+    }
+}
+
+/// Sequential reads of a blob from the content tier, 4 MiB per (bounded) call.
+struct TierBlobReader {
+    tier: Arc<Tier>,
+    key: String,
+    pos: u64,
+    size: u64,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl TierBlobReader {
+    fn new(tier: Arc<Tier>, key: String, size: u64) -> TierBlobReader {
+        TierBlobReader {
+            tier,
+            key,
+            pos: 0,
+            size,
+            buf: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl std::io::Read for TierBlobReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.buf.len() {
+            if self.pos == self.size {
+                return Ok(0);
+            }
+            let len = (self.size - self.pos).min(4 << 20) as usize;
+            match self.tier.read(&self.key, self.pos, len) {
+                Outcome::Done(b) => {
+                    self.pos += b.len() as u64;
+                    self.buf = b;
+                    self.at = 0;
+                }
+                other => {
+                    return Err(std::io::Error::other(format!(
+                        "reading blob {} at {} from the content tier: {other:?}",
+                        self.key, self.pos
+                    )));
+                }
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// A blob being written to a temporary file as it is indexed, to store it into
+/// the content tier afterwards.
+struct Spool {
+    file: Mutex<Option<std::io::BufWriter<tempfile::NamedTempFile>>>,
+}
+
+impl Spool {
+    /// A spool for `layer`, if its directory has room for it (and a margin).
+    fn create(opts: &CreateOptions, layer: &crate::oci::Layer) -> Option<Spool> {
+        let dir = opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let free = rustix::fs::statvfs(&dir)
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+            .unwrap_or(0);
+        if free < layer.desc.size.saturating_add(1 << 30) {
+            tracing::warn!(
+                "{} has too little room to spool layer {} for the content tier",
+                dir.display(),
+                layer.desc.digest
+            );
+            return None;
+        }
+        match tempfile::Builder::new()
+            .prefix(".clip-blob-")
+            .tempfile_in(&dir)
+        {
+            Ok(f) => Some(Spool {
+                file: Mutex::new(Some(std::io::BufWriter::with_capacity(1 << 20, f))),
+            }),
+            Err(e) => {
+                tracing::warn!("cannot spool a blob in {}: {e}", dir.display());
+                None
+            }
+        }
+    }
+
+    fn write(&self, data: &[u8]) {
+        let mut g = self.file.lock().expect("spool lock");
+        if let Some(w) = g.as_mut()
+            && std::io::Write::write_all(w, data).is_err()
+        {
+            *g = None; // give up spooling; indexing goes on
+        }
+    }
+
+    /// Stores the spooled blob into the tier under the layer digest's hex.
+    fn store(self, tier: &Tier, layer: &crate::oci::Layer) {
+        let Some(w) = self.file.into_inner().expect("spool lock") else {
+            return;
+        };
+        let r = w
+            .into_inner()
+            .map_err(|e| e.into_error().to_string())
+            .and_then(|f| {
+                tier.store_file(&layer.desc.digest.hex(), f.path())
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = r {
+            tracing::warn!(
+                "cannot store blob {} in content tier {}: {e}",
+                layer.desc.digest,
+                tier.describe()
+            );
+        }
+    }
+}
+
+/// A reader that copies what it reads into a [`Spool`].
+struct Tee<'a> {
+    inner: Box<dyn std::io::Read + Send>,
+    spool: Option<&'a Spool>,
+}
+
+impl std::io::Read for Tee<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(s) = self.spool {
+            s.write(&buf[..n]);
+        }
+        Ok(n)
     }
 }
 

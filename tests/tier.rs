@@ -334,3 +334,79 @@ fn walk_sizes(p: &Path) -> u64 {
     }
     n
 }
+
+#[test]
+fn create_reads_layer_blobs_from_the_remote_cache_and_warms_it() {
+    let f = fixture("clip-tier-create-");
+    let s3 = S3Server::start();
+    s3.create_bucket("fleet");
+    let image = format!("{}/app:v1", f.reg.host());
+    let create = |out: &Path| {
+        let mut c = clipctl();
+        c.envs(s3_env());
+        let o = ok(c
+            .arg("create")
+            .arg(&image)
+            .arg("--out")
+            .arg(out)
+            .arg("--progress")
+            .args(remote_cache_args(&s3.endpoint(), "s3://fleet/blobs")));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    // First: from the registry; the blobs are stored into the tier.
+    let a1 = f.d.path().join("a1.clip");
+    let log1 = create(&a1);
+    assert!(
+        log1.contains("completed") && log1.contains("(from registry)"),
+        "{log1}"
+    );
+    let a = clip::archive::read(&a1).unwrap();
+    for l in &a.layers {
+        let object = s3.root().join("fleet/blobs").join(l.digest.hex());
+        assert_eq!(
+            std::fs::read(&object)
+                .ok()
+                .map(|b| clip::digest::Digest::of(&b)),
+            Some(l.digest),
+            "blob {} stored in the tier under its digest's hex",
+            l.digest
+        );
+    }
+    // Second: the blobs come from the tier (the registry serves manifest and
+    // config only), and the archive is the same.
+    let before = f.reg.log();
+    let a2 = f.d.path().join("a2.clip");
+    let log2 = create(&a2);
+    assert_eq!(log2.matches("completed").count(), 2, "{log2}");
+    assert_eq!(log2.matches("(from content-cache)").count(), 4, "{log2}");
+    let after = f.reg.log();
+    let new_log = &after[before.len()..];
+    assert!(
+        new_log.contains("/manifests/"),
+        "the registry log names requests:\n{new_log}"
+    );
+    for l in &a.layers {
+        assert!(
+            !new_log.contains(&l.digest.to_string()),
+            "layer blob {} fetched from the registry on the second create:\n{new_log}",
+            l.digest
+        );
+    }
+    assert_eq!(std::fs::read(&a1).unwrap(), std::fs::read(&a2).unwrap());
+    // A corrupt blob in the tier fails its digest check: the registry serves it.
+    let l0 = &a.layers[0];
+    let object = s3.root().join("fleet/blobs").join(l0.digest.hex());
+    let mut bytes = std::fs::read(&object).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&object, &bytes).unwrap();
+    let a3 = f.d.path().join("a3.clip");
+    let log3 = create(&a3);
+    assert!(log3.contains("reading the layer from its source"), "{log3}");
+    assert_eq!(std::fs::read(&a1).unwrap(), std::fs::read(&a3).unwrap());
+    // ...and is stored again, whole.
+    assert_eq!(
+        clip::digest::Digest::of(&std::fs::read(&object).unwrap()),
+        l0.digest
+    );
+}

@@ -380,24 +380,34 @@ impl TierArgs {
         };
         let mut loc = clip::s3::S3Location::parse_url(url)?;
         s3.apply(&mut loc);
-        // A tier is only worth asking if it answers fast: few retries, short waits.
-        let s3_opts = clip::s3::S3Options {
-            retries: 1,
-            timeout: std::time::Duration::from_secs(5),
-            ..Default::default()
-        };
-        let t = clip::tier::S3Tier::open(&loc, &s3_opts)?;
-        let topts = clip::tier::TierOptions {
-            timeout: std::time::Duration::from_millis(self.remote_cache_timeout_ms),
-            warm: !self.remote_cache_read_only,
-            ..Default::default()
-        };
-        opts.tier = Some(std::sync::Arc::new(clip::tier::Tier::new(
-            std::sync::Arc::new(t),
-            topts,
-        )));
+        opts.tier = Some(s3_tier(
+            &loc,
+            self.remote_cache_timeout_ms,
+            self.remote_cache_read_only,
+        )?);
         Ok(())
     }
+}
+
+/// The content tier on the bucket prefix `loc` (credentials from AWS_*).
+fn s3_tier(
+    loc: &clip::s3::S3Location,
+    timeout_ms: u64,
+    read_only: bool,
+) -> Result<Arc<clip::tier::Tier>> {
+    // A tier is only worth asking if it answers fast: few retries, short waits.
+    let s3_opts = clip::s3::S3Options {
+        retries: 1,
+        timeout: std::time::Duration::from_secs(5),
+        ..Default::default()
+    };
+    let t = clip::tier::S3Tier::open(loc, &s3_opts)?;
+    let topts = clip::tier::TierOptions {
+        timeout: std::time::Duration::from_millis(timeout_ms),
+        warm: !read_only,
+        ..Default::default()
+    };
+    Ok(Arc::new(clip::tier::Tier::new(Arc::new(t), topts)))
 }
 
 #[derive(clap::Args)]
@@ -420,6 +430,21 @@ struct IndexArgs {
     /// used is a warning.
     #[arg(long, value_name = "DIR")]
     layer_index_cache: Option<PathBuf>,
+    /// A shared content tier in an S3-compatible bucket (`s3://BUCKET/PREFIX`,
+    /// credentials from AWS_*): a layer blob it holds is read from it (digest
+    /// verified) instead of the registry, and blobs read from the registry are
+    /// stored into it.
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    remote_cache: Option<String>,
+    /// S3 endpoint URL of --remote-cache (default: AWS, or $AWS_ENDPOINT_URL).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// S3 region of --remote-cache (default: $AWS_REGION, else us-east-1).
+    #[arg(long)]
+    region: Option<String>,
+    /// Path-style S3 requests for --remote-cache.
+    #[arg(long)]
+    path_style: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64> {
@@ -449,6 +474,19 @@ impl IndexArgs {
             concurrency: self.concurrency,
             ..Default::default()
         };
+        if let Some(url) = &self.remote_cache {
+            let mut loc = clip::s3::S3Location::parse_url(url)?;
+            if let Some(e) = &self.endpoint {
+                loc.endpoint = e.clone();
+            }
+            if let Some(r) = &self.region {
+                loc.region = r.clone();
+            }
+            loc.path_style |= self.path_style;
+            o.content_tier = Some(s3_tier(&loc, 2000, false)?);
+        } else if self.endpoint.is_some() || self.region.is_some() || self.path_style {
+            bail!("--endpoint, --region and --path-style go with --remote-cache");
+        }
         if let Some(dir) = &self.layer_index_cache {
             // A cache only saves time: one that cannot be opened is a warning.
             match clip::index::cache::DiskLayerIndexStore::open(dir, 0) {

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use super::*;
 use crate::create::{CreateOptions, Progress, Stage};
 use crate::oci::Platform;
+use crate::tier::{Tier, TierOptions};
+use std::path::Path;
 
 // ---------------------------------------------------------------------------
 // Creating archives
@@ -92,6 +94,17 @@ pub struct clip_create_options {
     /// `layer_index_cache_dir` (setting both is `CLIP_EINVALID`); NULL for none.
     /// Read at the start of the call; its callbacks are called during it.
     pub layer_index_cache: *const clip_layer_index_cache_callbacks,
+    /// (Version 2.) A content cache of the caller's (see `clip_content_cache`),
+    /// keyed here by the bare hex of a layer's (compressed) digest: a layer blob
+    /// it holds with exactly the layer's size (`exists` says 1) is read from it,
+    /// the digest verified as it streams (any failure: the layer source is read
+    /// instead); a blob read from the source is then stored into it (best
+    /// effort). NULL for none. Its callbacks are not called after the call
+    /// returns.
+    pub content_cache: *const clip_content_cache,
+    /// (Version 2.) Where a blob is spooled for `content_cache` while it is
+    /// indexed; NULL for the system's temporary directory.
+    pub content_cache_dir: *const c_char,
 }
 
 // SAFETY: `clip_create_options` is `#[repr(C)]` of integers, raw pointers and
@@ -133,6 +146,8 @@ pub extern "C" fn clip_create_options_init(
                 layer_index_cache_dir: std::ptr::null(),
                 layer_index_cache_max_bytes: 0,
                 layer_index_cache: std::ptr::null(),
+                content_cache: std::ptr::null(),
+                content_cache_dir: std::ptr::null(),
             },
             version,
         );
@@ -183,12 +198,16 @@ impl ProgressCallback {
     }
 }
 
-/// The Rust options of a create call, and the flag that says a callback stopped it.
-fn create_options(p: *const clip_create_options) -> FfiResult<(CreateOptions, Arc<AtomicBool>)> {
+/// The Rust options of a create call, the flag that says a callback stopped it,
+/// and the gate to close when the call returns.
+fn create_options(
+    p: *const clip_create_options,
+) -> FfiResult<(CreateOptions, Arc<AtomicBool>, Arc<Gate>)> {
     let stopped = Arc::new(AtomicBool::new(false));
+    let gate = Arc::new(Gate::default());
     let mut o = CreateOptions::default();
     if p.is_null() {
-        return Ok((o, stopped));
+        return Ok((o, stopped, gate));
     }
     let c = c_versioned(p, "opts")?;
     o.storage_ref = c_str_opt(c.storage_ref, "opts->storage_ref")?.map(str::to_owned);
@@ -217,7 +236,13 @@ fn create_options(p: *const clip_create_options) -> FfiResult<(CreateOptions, Ar
         };
         o.progress = Some(Arc::new(move |p: &Progress| pc.tell(p)));
     }
-    Ok((o, stopped))
+    if !c.content_cache.is_null() {
+        let t = callback_tier(c.content_cache, "opts->content_cache", gate.clone())?;
+        o.content_tier = Some(Arc::new(Tier::new(t, TierOptions::default())));
+        o.spool_dir =
+            c_path_opt(c.content_cache_dir, "opts->content_cache_dir")?.map(Path::to_path_buf);
+    }
+    Ok((o, stopped, gate))
 }
 
 /// Indexes the image `tag` of the OCI image layout at `layout_dir` into an
@@ -245,8 +270,9 @@ pub extern "C" fn clip_index_layout(
         let layout_dir = c_path(layout_dir, "layout_dir")?;
         let tag = c_str_opt(tag, "tag")?;
         let out_path = c_path(out_path, "out_path")?;
-        let (o, stopped) = create_options(opts)?;
+        let (o, stopped, gate) = create_options(opts)?;
         let r = crate::create::index_layout(layout_dir, tag, out_path, &o);
+        gate.close();
         stopped_by_callback(r, &stopped).map(drop)
     })
 }
@@ -270,8 +296,9 @@ pub extern "C" fn clip_create_from_image(
         crate::log::init();
         let image_ref = c_str(image_ref, "image_ref")?;
         let out_path = c_path(out_path, "out_path")?;
-        let (o, stopped) = create_options(opts)?;
+        let (o, stopped, gate) = create_options(opts)?;
         let r = crate::create::create_from_image(image_ref, out_path, &o);
+        gate.close();
         stopped_by_callback(r, &stopped).map(drop)
     })
 }

@@ -50,13 +50,13 @@ mod registry;
 
 mod layer_cache;
 
+mod cache;
+
 mod create;
 
 mod pack;
 
 mod s3;
-
-mod cache;
 
 mod archive;
 
