@@ -47,6 +47,7 @@ use crate::oci::{self, Desc, ManifestKind, Platform, ResolvedImage};
 use super::RegistryOptions;
 use super::auth::{self, Challenge, Credential, Resolved};
 use super::mirror::{PullFromMirror, RequestKind};
+use super::proxy::ProxyRules;
 
 /// Bytes and requests over the network, for tests and benchmarks.
 #[derive(Debug, Default)]
@@ -211,7 +212,7 @@ impl Client {
     /// A client for `repository` in `registry` (host\[:port\]; `docker.io` is
     /// reached at `registry-1.docker.io`), with the mirrors and rewrites the
     /// options configure. No request is sent yet. Errors if the registries.conf
-    /// cannot be read or blocks the registry.
+    /// cannot be read or blocks the registry, or a proxy URL is invalid.
     pub fn new(registry: &str, repository: &str, opts: &RegistryOptions) -> Result<Client> {
         if registry.is_empty() || repository.is_empty() {
             return Err(Error::Invalid(format!(
@@ -249,19 +250,24 @@ impl Client {
             let names: Vec<String> = sites.iter().map(|s| s.name()).collect();
             tracing::debug!(%registry, %repository, sites = ?names, "registry mirrors");
         }
-        let http = reqwest::blocking::Client::builder()
+        let proxy = ProxyRules::new(&opts.proxy)?;
+        let mut builder = reqwest::blocking::Client::builder()
             .user_agent(concat!("clip/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(opts.timeout)
             // Per read or write operation, not for a whole body: layers stream for
             // minutes.
             .timeout(opts.timeout)
-            .pool_max_idle_per_host(16)
-            .build()
-            .map_err(|e| {
-                Error::Network(format!(
-                    "registry {registry}: cannot build HTTP client: {e}"
-                ))
-            })?;
+            .pool_max_idle_per_host(16);
+        builder = if proxy.any() {
+            builder.proxy(reqwest::Proxy::custom(move |url| proxy.proxy_for(url)))
+        } else {
+            builder.no_proxy()
+        };
+        let http = builder.build().map_err(|e| {
+            Error::Network(format!(
+                "registry {registry}: cannot build HTTP client: {e}"
+            ))
+        })?;
         Ok(Client {
             http,
             sites,

@@ -7,10 +7,12 @@
 //! - [`source`]: [`source::RegistrySource`], a layer blob as a
 //!   [`crate::source::RangeSource`] for mounts.
 //! - [`mirror`]: mirrors tried before the upstream, and registries.conf(5).
+//! - [`proxy`]: HTTP(S) proxies (`HTTPS_PROXY`, `NO_PROXY`, ...).
 
 pub mod auth;
 pub mod client;
 pub mod mirror;
+pub mod proxy;
 pub mod source;
 
 use std::path::PathBuf;
@@ -19,6 +21,7 @@ use std::time::Duration;
 pub use auth::{Credential, CredentialFn};
 pub use client::{Client, TransferStats};
 pub use mirror::{Mirror, PullFromMirror, RegistriesConf, RegistryEntry};
+pub use proxy::ProxyConfig;
 pub use source::RegistrySource;
 
 /// How to reach registries: credentials, transport and retry policy.
@@ -50,6 +53,8 @@ pub struct RegistryOptions {
     /// is never read unless named (a worker's mounts should not change with a file
     /// someone installed for podman).
     pub registries_conf: Option<PathBuf>,
+    /// The HTTP(S) proxy (default: from the environment, loopback never proxied).
+    pub proxy: ProxyConfig,
 }
 
 /// The environment variable naming a registries.conf to read when
@@ -90,6 +95,7 @@ impl Default for RegistryOptions {
             attempts: 5,
             registries: RegistriesConf::default(),
             registries_conf: None,
+            proxy: ProxyConfig::Environment,
         }
     }
 }
@@ -105,6 +111,7 @@ impl std::fmt::Debug for RegistryOptions {
             .field("attempts", &self.attempts)
             .field("registries", &self.registries)
             .field("registries_conf", &self.registries_conf)
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
