@@ -245,6 +245,15 @@ struct RegistryArgs {
     /// Reach this registry (host[:port]) over plain HTTP (loopback ones always are).
     #[arg(long = "plain-http", value_name = "REGISTRY")]
     plain_http: Vec<String>,
+    /// Try this mirror before REGISTRY (host[:port] or a prefix such as
+    /// docker.io/library): MIRROR is http://host[:port][/ns] (plain HTTP),
+    /// https://... or host[:port][/ns]. Repeatable; tried in the order given.
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=MIRROR")]
+    registry_mirror: Vec<String>,
+    /// A containers-registries.conf(5) file with [[registry.mirror]] entries (also
+    /// CLIP_REGISTRIES_CONF; /etc/containers/registries.conf only if named).
+    #[arg(long = "registries-conf", value_name = "FILE")]
+    registries_conf: Option<PathBuf>,
 }
 
 impl RegistryArgs {
@@ -264,12 +273,25 @@ impl RegistryArgs {
             (None, None) => None,
             _ => bail!("--username needs --password or --password-stdin, and the other way round"),
         };
-        Ok(clip::registry::RegistryOptions {
+        let mut registries = clip::registry::RegistriesConf::default();
+        for m in &self.registry_mirror {
+            let Some((registry, url)) = m.split_once('=') else {
+                bail!("--registry-mirror {m:?}: expected REGISTRY=MIRROR");
+            };
+            registries.add_mirror(registry, clip::registry::Mirror::from_url(url)?);
+        }
+        let opts = clip::registry::RegistryOptions {
             credential,
             auth_file: self.auth_file.clone(),
             plain_http: self.plain_http.clone(),
+            registries,
+            registries_conf: self.registries_conf.clone(),
             ..Default::default()
-        })
+        };
+        // A bad registries.conf fails now, naming the file, not at the first
+        // registry request (a mount's, say).
+        opts.effective_registries()?;
+        Ok(opts)
     }
 
     fn sources(&self, layout: Option<PathBuf>, s3: &S3Args) -> Result<SourceOptions> {

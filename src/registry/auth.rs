@@ -3,7 +3,8 @@
 //! Credentials for a registry come from the first of these that has an opinion:
 //!
 //! 1. [`RegistryOptions::credential`](super::RegistryOptions::credential), given by
-//!    the caller for every registry;
+//!    the caller for every registry (but not for a mirror on another host than
+//!    the upstream's);
 //! 2. [`RegistryOptions::callback`](super::RegistryOptions::callback), asked per
 //!    registry and scope (the C ABI and Go providers land here); `Ok(None)` means
 //!    "no opinion", an error fails the request;
@@ -75,13 +76,19 @@ pub struct Resolved {
 }
 
 /// Resolves the credentials for `registry` and `scope` along the chain described in
-/// the module documentation.
-pub fn resolve(registry: &str, scope: &str, opts: &RegistryOptions) -> Result<Resolved> {
+/// the module documentation. Without `explicit`, step 1 is skipped: a mirror on
+/// another host never gets the credentials the caller gave for the upstream.
+pub fn resolve(
+    registry: &str,
+    scope: &str,
+    opts: &RegistryOptions,
+    explicit: bool,
+) -> Result<Resolved> {
     let found = |credential, origin: &str| Resolved {
         credential,
         origin: origin.to_string(),
     };
-    if let Some(c) = &opts.credential {
+    if explicit && let Some(c) = &opts.credential {
         return Ok(found(c.clone(), "options"));
     }
     if let Some(cb) = &opts.callback

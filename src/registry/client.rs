@@ -13,8 +13,22 @@
 //! (reqwest's redirect policy).
 //!
 //! Plain HTTP is used only for loopback registries (`localhost`, `127.0.0.0/8`,
-//! `::1`) and those listed in
-//! [`RegistryOptions::plain_http`](super::RegistryOptions::plain_http).
+//! `::1`), those listed in
+//! [`RegistryOptions::plain_http`](super::RegistryOptions::plain_http) and mirrors
+//! or locations marked insecure.
+//!
+//! Mirrors ([`super::mirror`]) are tried in order before the upstream, per
+//! request, for the requests their `pull-from-mirror` allows: blobs always,
+//! manifests by digest or by tag as configured. Each mirror has its own
+//! credentials (looked up for its host; the caller's explicit
+//! [`credential`](super::RegistryOptions::credential) goes to the upstream's host
+//! only) and its own challenge and token. A mirror that fails (cannot connect,
+//! `5xx` after one retry, `404`, refuses access, a digest mismatch) passes the
+//! request on to the next one and finally to the upstream; the first failure of
+//! each mirror is logged as a warning, later ones at debug. A mirror that failed
+//! for other reasons than `404` is skipped for a while (10 s, doubling per
+//! consecutive failure up to 5 min), so that a mirror that is down costs one
+//! failed request now and then, not one per read.
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +46,8 @@ use crate::oci::{self, Desc, ManifestKind, Platform, ResolvedImage};
 
 use super::RegistryOptions;
 use super::auth::{self, Challenge, Credential, Resolved};
+use super::mirror::{PullFromMirror, RequestKind};
+use super::proxy::ProxyRules;
 
 /// Bytes and requests over the network, for tests and benchmarks.
 #[derive(Debug, Default)]
@@ -82,20 +98,101 @@ struct AuthState {
     token: Option<Token>,
 }
 
-/// A client for one repository of one registry.
-pub struct Client {
-    http: reqwest::blocking::Client,
+/// How long a failing mirror is first skipped.
+const MIRROR_BACKOFF: Duration = Duration::from_secs(10);
+/// The longest a failing mirror is skipped.
+const MIRROR_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Attempts per request on a mirror (the next mirror or the upstream is the retry).
+const MIRROR_ATTEMPTS: u32 = 2;
+
+/// One place the repository is fetched from (a mirror or the upstream), with its
+/// own auth state.
+struct Site {
+    /// `host[:port]` as configured (`docker.io` for Docker Hub): credentials are
+    /// looked up for it.
     registry: String,
     repository: String,
+    /// `http[s]://host[:port]`.
     base: String,
-    opts: RegistryOptions,
+    /// `None` for the upstream.
+    mirror: Option<PullFromMirror>,
     auth: Mutex<AuthState>,
     warned_no_range: AtomicBool,
+    /// Whether this mirror's failure was logged as a warning yet.
+    warned_failure: AtomicBool,
+    /// Consecutive failures, and until when the mirror is skipped.
+    backoff: Mutex<(u32, Option<Instant>)>,
+    /// The credential callback refused this site: the call stops here.
+    refused: AtomicBool,
+}
+
+impl Site {
+    /// `registry/repository`, for messages.
+    fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
+    /// The auth state; a panic elsewhere while it was held (a caller's credential
+    /// callback, say) does not make it unusable.
+    fn auth_state(&self) -> std::sync::MutexGuard<'_, AuthState> {
+        self.auth.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn scope(&self) -> String {
+        format!("repository:{}:pull", self.repository)
+    }
+
+    fn url(&self, kind: &str, reference: &str) -> String {
+        format!("{}/v2/{}/{kind}/{reference}", self.base, self.repository)
+    }
+
+    fn backoff(&self) -> std::sync::MutexGuard<'_, (u32, Option<Instant>)> {
+        self.backoff.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this mirror is being skipped after failures.
+    fn resting(&self) -> bool {
+        self.backoff().1.is_some_and(|t| t > Instant::now())
+    }
+
+    fn succeeded(&self) {
+        if self.mirror.is_some() {
+            *self.backoff() = (0, None);
+        }
+    }
+
+    /// Notes that this mirror failed `what` with `err`.
+    fn failed(&self, what: &str, err: &Error) {
+        let rest = if matches!(err.code(), crate::error::ErrorCode::NotFound) {
+            None
+        } else {
+            let mut b = self.backoff();
+            b.0 = b.0.saturating_add(1);
+            let d = MIRROR_BACKOFF
+                .saturating_mul(1 << (b.0 - 1).min(5))
+                .min(MIRROR_BACKOFF_MAX);
+            b.1 = Some(Instant::now() + d);
+            Some(d)
+        };
+        if !self.warned_failure.swap(true, Ordering::Relaxed) {
+            tracing::warn!(mirror = %self.registry, %what, error = %err, skipped_for = ?rest, "registry mirror failed; trying the next one");
+        } else {
+            tracing::debug!(mirror = %self.registry, %what, error = %err, skipped_for = ?rest, "registry mirror failed");
+        }
+    }
+}
+
+/// A client for one repository of one registry, and its mirrors.
+pub struct Client {
+    http: reqwest::blocking::Client,
+    /// The mirrors in order, then the upstream (always last).
+    sites: Vec<Site>,
+    opts: RegistryOptions,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Client({}/{})", self.registry, self.repository)
+        write!(f, "Client({})", self.name())
     }
 }
 
@@ -113,85 +210,150 @@ pub fn is_loopback(registry: &str) -> bool {
 
 impl Client {
     /// A client for `repository` in `registry` (host\[:port\]; `docker.io` is
-    /// reached at `registry-1.docker.io`). No request is sent yet.
+    /// reached at `registry-1.docker.io`), with the mirrors and rewrites the
+    /// options configure. No request is sent yet. Errors if the registries.conf
+    /// cannot be read or blocks the registry, or a proxy URL is invalid.
     pub fn new(registry: &str, repository: &str, opts: &RegistryOptions) -> Result<Client> {
         if registry.is_empty() || repository.is_empty() {
             return Err(Error::Invalid(format!(
                 "registry {registry:?} and repository {repository:?} must not be empty"
             )));
         }
-        let host = if registry == crate::reference::DOCKER_HUB {
-            "registry-1.docker.io"
-        } else {
-            registry
-        };
-        let plain = is_loopback(registry) || opts.plain_http.iter().any(|r| r == registry);
-        let base = format!("{}://{host}", if plain { "http" } else { "https" });
-        let http = reqwest::blocking::Client::builder()
+        let endpoints = opts
+            .effective_registries()?
+            .endpoints(registry, repository)?;
+        let sites = endpoints
+            .into_iter()
+            .map(|e| {
+                let host = if e.registry == crate::reference::DOCKER_HUB {
+                    "registry-1.docker.io"
+                } else {
+                    e.registry.as_str()
+                };
+                let plain =
+                    e.insecure || is_loopback(&e.registry) || opts.plain_http.contains(&e.registry);
+                let base = format!("{}://{host}", if plain { "http" } else { "https" });
+                Site {
+                    base,
+                    registry: e.registry,
+                    repository: e.repository,
+                    mirror: e.mirror,
+                    auth: Mutex::new(AuthState::default()),
+                    warned_no_range: AtomicBool::new(false),
+                    warned_failure: AtomicBool::new(false),
+                    backoff: Mutex::new((0, None)),
+                    refused: AtomicBool::new(false),
+                }
+            })
+            .collect::<Vec<_>>();
+        if sites.len() > 1 {
+            let names: Vec<String> = sites.iter().map(|s| s.name()).collect();
+            tracing::debug!(%registry, %repository, sites = ?names, "registry mirrors");
+        }
+        let proxy = ProxyRules::new(&opts.proxy)?;
+        let mut builder = reqwest::blocking::Client::builder()
             .user_agent(concat!("clip/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(opts.timeout)
             // Per read or write operation, not for a whole body: layers stream for
             // minutes.
             .timeout(opts.timeout)
-            .pool_max_idle_per_host(16)
-            .build()
-            .map_err(|e| {
-                Error::Network(format!(
-                    "registry {registry}: cannot build HTTP client: {e}"
-                ))
-            })?;
+            .pool_max_idle_per_host(16);
+        builder = if proxy.any() {
+            builder.proxy(reqwest::Proxy::custom(move |url| proxy.proxy_for(url)))
+        } else {
+            builder.no_proxy()
+        };
+        let http = builder.build().map_err(|e| {
+            Error::Network(format!(
+                "registry {registry}: cannot build HTTP client: {e}"
+            ))
+        })?;
         Ok(Client {
             http,
-            registry: registry.to_string(),
-            repository: repository.to_string(),
-            base,
+            sites,
             opts: opts.clone(),
-            auth: Mutex::new(AuthState::default()),
-            warned_no_range: AtomicBool::new(false),
         })
     }
 
-    /// The auth state; a panic elsewhere while it was held (a caller's credential
-    /// callback, say) does not make it unusable.
-    fn auth_state(&self) -> std::sync::MutexGuard<'_, AuthState> {
-        self.auth.lock().unwrap_or_else(|e| e.into_inner())
+    /// The upstream (the last site).
+    fn upstream(&self) -> &Site {
+        self.sites.last().expect("a client has its upstream")
     }
 
-    /// `registry/repository`, for messages.
+    /// `registry/repository` of the upstream, for messages.
     pub fn name(&self) -> String {
-        format!("{}/{}", self.registry, self.repository)
+        self.upstream().name()
     }
 
-    fn scope(&self) -> String {
-        format!("repository:{}:pull", self.repository)
+    /// The mirrors, then the upstream, as `registry/repository`.
+    pub fn sites(&self) -> Vec<String> {
+        self.sites.iter().map(Site::name).collect()
     }
 
-    fn url(&self, kind: &str, reference: &str) -> String {
-        format!("{}/v2/{}/{kind}/{reference}", self.base, self.repository)
+    /// Runs `f` on the mirrors that may serve a request of `kind`, in order, then
+    /// on the upstream, until one succeeds. A failure of the upstream is returned
+    /// with the mirrors' failures noted.
+    fn on_sites<T>(
+        &self,
+        kind: RequestKind,
+        what: &str,
+        f: impl Fn(&Site) -> Result<T>,
+    ) -> Result<T> {
+        let mut failures = Vec::new();
+        let (upstream, mirrors) = self.sites.split_last().expect("a client has its upstream");
+        for site in mirrors {
+            if !site.mirror.is_some_and(|m| m.allows(kind)) || site.resting() {
+                continue;
+            }
+            match f(site) {
+                Ok(v) => {
+                    site.succeeded();
+                    return Ok(v);
+                }
+                Err(e) if site.refused.load(Ordering::Relaxed) => return Err(e),
+                Err(e) => {
+                    site.failed(what, &e);
+                    failures.push(format!("mirror {}: {e}", site.registry));
+                }
+            }
+        }
+        f(upstream).map_err(|e| {
+            if failures.is_empty() {
+                e
+            } else {
+                with_note(e, &format!("; {}", failures.join("; ")))
+            }
+        })
     }
 
     /// The `Authorization` header to send now, if any (fetching or refreshing a
     /// bearer token when needed).
-    fn authorization(&self, refresh: bool) -> Result<Option<HeaderValue>> {
-        let mut st = self.auth_state();
+    fn authorization(&self, site: &Site, refresh: bool) -> Result<Option<HeaderValue>> {
+        let mut st = site.auth_state();
         let Some(challenge) = st.challenge.clone() else {
             return Ok(None);
         };
         if st.resolved.is_none() {
-            let r = auth::resolve(&self.registry, &self.scope(), &self.opts)?;
-            tracing::debug!(registry = %self.registry, origin = %r.origin, "registry credentials");
+            let upstream = self.upstream();
+            // The caller's explicit credentials are for the upstream's host; a
+            // mirror elsewhere gets its own (or none).
+            let explicit = site.mirror.is_none() || site.registry == upstream.registry;
+            let r = auth::resolve(&site.registry, &site.scope(), &self.opts, explicit)
+                .inspect_err(|_| site.refused.store(true, Ordering::Relaxed))?;
+            tracing::debug!(registry = %site.registry, origin = %r.origin, "registry credentials");
             st.resolved = Some(r);
         }
         let resolved = st.resolved.clone().expect("resolved above");
         match challenge {
-            Challenge::Basic => {
-                match &resolved.credential {
-                    Credential::Basic { username, password } => Ok(Some(basic(username, password))),
-                    Credential::Token(t) => Ok(Some(bearer(t))),
-                    _ => Err(self
-                        .unauthorized(&resolved, "the registry asks for a username and password")),
-                }
-            }
+            Challenge::Basic => match &resolved.credential {
+                Credential::Basic { username, password } => Ok(Some(basic(username, password))),
+                Credential::Token(t) => Ok(Some(bearer(t))),
+                _ => Err(unauthorized(
+                    site,
+                    &resolved,
+                    "the registry asks for a username and password",
+                )),
+            },
             Challenge::Bearer { .. } if matches!(resolved.credential, Credential::Token(_)) => {
                 let Credential::Token(t) = &resolved.credential else {
                     unreachable!()
@@ -210,8 +372,9 @@ impl Client {
                 if let Some(t) = fresh {
                     return Ok(Some(bearer(&t.value)));
                 }
-                let scope = scope.unwrap_or_else(|| self.scope());
-                let token = self.fetch_token(&realm, service.as_deref(), &scope, &resolved)?;
+                let scope = scope.unwrap_or_else(|| site.scope());
+                let token =
+                    self.fetch_token(site, &realm, service.as_deref(), &scope, &resolved)?;
                 let header = bearer(&token.value);
                 st.token = Some(token);
                 Ok(Some(header))
@@ -219,16 +382,10 @@ impl Client {
         }
     }
 
-    fn unauthorized(&self, resolved: &Resolved, why: &str) -> Error {
-        Error::Auth(format!(
-            "registry {} refused access to repository {} ({why}; credentials: {})",
-            self.registry, self.repository, resolved.origin
-        ))
-    }
-
     /// Gets a bearer token from the token server `realm`.
     fn fetch_token(
         &self,
+        site: &Site,
         realm: &str,
         service: Option<&str>,
         scope: &str,
@@ -255,16 +412,23 @@ impl Client {
                 .header(header::AUTHORIZATION, basic(username, password)),
             _ => self.http.get(realm).query(&query),
         };
-        let resp =
-            self.send_retrying(|| req.try_clone().expect("token request clones"), "token")?;
+        let resp = self.send_retrying(
+            site,
+            || req.try_clone().expect("token request clones"),
+            "token",
+        )?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(self.unauthorized(resolved, &format!("token server answered {status}")));
+            return Err(unauthorized(
+                site,
+                resolved,
+                &format!("token server answered {status}"),
+            ));
         }
         if !status.is_success() {
             return Err(Error::Network(format!(
                 "token server for registry {}: {status}: {}",
-                self.registry,
+                site.registry,
                 error_text(resp)
             )));
         }
@@ -281,7 +445,7 @@ impl Client {
         let t: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
             Error::Network(format!(
                 "token server for registry {}: bad response: {e}",
-                self.registry
+                site.registry
             ))
         })?;
         let value = t
@@ -291,7 +455,7 @@ impl Client {
             .ok_or_else(|| {
                 Error::Network(format!(
                     "token server for registry {} sent no token",
-                    self.registry
+                    site.registry
                 ))
             })?;
         // The distribution spec's default lifetime is 60 s; replace tokens a little
@@ -307,8 +471,16 @@ impl Client {
     /// Sends a request built by `build`, retrying transient failures. Returns the
     /// response whatever its status; transport errors after the last attempt are
     /// `Error::Network`.
-    fn send_retrying(&self, build: impl Fn() -> RequestBuilder, what: &str) -> Result<Response> {
-        let attempts = self.opts.attempts.max(1);
+    fn send_retrying(
+        &self,
+        site: &Site,
+        build: impl Fn() -> RequestBuilder,
+        what: &str,
+    ) -> Result<Response> {
+        let attempts = match site.mirror {
+            Some(_) => self.opts.attempts.clamp(1, MIRROR_ATTEMPTS),
+            None => self.opts.attempts.max(1),
+        };
         let mut delay = Duration::from_millis(100);
         let mut last = String::new();
         for attempt in 1..=attempts {
@@ -332,17 +504,23 @@ impl Client {
         }
         Err(Error::Network(format!(
             "registry {}: {what}: {last} (after {attempts} attempts)",
-            self.registry
+            site.registry
         )))
     }
 
     /// Sends an authenticated request: on `401` learns the challenge (or refreshes
     /// the token) and tries once more.
-    fn send(&self, build: impl Fn() -> RequestBuilder, what: &str) -> Result<Response> {
+    fn send(
+        &self,
+        site: &Site,
+        build: impl Fn() -> RequestBuilder,
+        what: &str,
+    ) -> Result<Response> {
         let mut refresh = false;
         for round in 0..3 {
-            let auth = self.authorization(refresh)?;
+            let auth = self.authorization(site, refresh)?;
             let resp = self.send_retrying(
+                site,
                 || {
                     let r = build();
                     match &auth {
@@ -361,7 +539,7 @@ impl Client {
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .find_map(auth::parse_challenge);
-            let mut st = self.auth_state();
+            let mut st = site.auth_state();
             match challenge {
                 Some(c) if st.challenge.as_ref() != Some(&c) || auth.is_none() => {
                     st.challenge = Some(c);
@@ -377,7 +555,11 @@ impl Client {
                         credential: Credential::Anonymous,
                         origin: "anonymous".into(),
                     });
-                    return Err(self.unauthorized(&resolved, &format!("{what}: 401 Unauthorized")));
+                    return Err(unauthorized(
+                        site,
+                        &resolved,
+                        &format!("{what}: 401 Unauthorized"),
+                    ));
                 }
             }
         }
@@ -385,17 +567,17 @@ impl Client {
     }
 
     /// Turns a non-success status into an error naming `what`.
-    fn check(&self, resp: Response, what: &str) -> Result<Response> {
+    fn check(&self, site: &Site, resp: Response, what: &str) -> Result<Response> {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
         }
         let text = error_text(resp);
-        let msg = format!("{}: {what}: {status}{}", self.name(), text_suffix(&text));
+        let msg = format!("{}: {what}: {status}{}", site.name(), text_suffix(&text));
         Err(match status {
             StatusCode::NOT_FOUND => Error::NotFound(msg),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                let st = self.auth_state();
+                let st = site.auth_state();
                 let origin = st
                     .resolved
                     .as_ref()
@@ -409,20 +591,27 @@ impl Client {
     /// Fetches the manifest or index `reference` (tag or digest); returns its bytes
     /// and digest, verified against `reference` when that is a digest.
     pub fn manifest(&self, reference: &str) -> Result<(Vec<u8>, Digest)> {
-        let url = self.url("manifests", reference);
         let what = format!("manifest {reference}");
+        self.on_sites(RequestKind::manifest(reference), &what, |site| {
+            self.manifest_at(site, reference, &what)
+        })
+    }
+
+    fn manifest_at(&self, site: &Site, reference: &str, what: &str) -> Result<(Vec<u8>, Digest)> {
+        let url = site.url("manifests", reference);
         let resp = self.send(
+            site,
             || self.http.get(&url).header(header::ACCEPT, MANIFEST_ACCEPT),
-            &what,
+            what,
         )?;
-        let resp = self.check(resp, &what)?;
+        let resp = self.check(site, resp, what)?;
         let body = read_limited(resp, oci::MAX_METADATA_BLOB)?;
         let digest = Digest::of(&body);
         if let Ok(expected) = Digest::parse(reference)
             && expected != digest
         {
             return Err(Error::DigestMismatch {
-                what: format!("{} manifest", self.name()),
+                what: format!("{} manifest", site.name()),
                 expected: expected.to_string(),
                 actual: digest.to_string(),
             });
@@ -433,19 +622,21 @@ impl Client {
     /// Fetches a small blob (config), checking size and digest.
     pub fn small_blob(&self, desc: &Desc) -> Result<Vec<u8>> {
         oci::check_metadata_size(desc)?;
-        let url = self.url("blobs", &desc.digest.to_string());
         let what = format!("blob {}", desc.digest);
-        let resp = self.check(self.send(|| self.http.get(&url), &what)?, &what)?;
-        let body = read_limited(resp, oci::MAX_METADATA_BLOB)?;
-        let actual = Digest::of(&body);
-        if body.len() as u64 != desc.size || actual != desc.digest {
-            return Err(Error::DigestMismatch {
-                what: format!("{} blob", self.name()),
-                expected: desc.digest.to_string(),
-                actual: actual.to_string(),
-            });
-        }
-        Ok(body)
+        self.on_sites(RequestKind::Blob, &what, |site| {
+            let url = site.url("blobs", &desc.digest.to_string());
+            let resp = self.check(site, self.send(site, || self.http.get(&url), &what)?, &what)?;
+            let body = read_limited(resp, oci::MAX_METADATA_BLOB)?;
+            let actual = Digest::of(&body);
+            if body.len() as u64 != desc.size || actual != desc.digest {
+                return Err(Error::DigestMismatch {
+                    what: format!("{} blob", site.name()),
+                    expected: desc.digest.to_string(),
+                    actual: actual.to_string(),
+                });
+            }
+            Ok(body)
+        })
     }
 
     /// Resolves `reference` to one manifest for `platform` (following indexes),
@@ -477,14 +668,29 @@ impl Client {
     /// the response positioned at `offset`: a `206`, or a `200` whose first
     /// `offset` bytes were skipped when the registry ignores `Range`.
     fn get_blob_at(&self, digest: &Digest, offset: u64, len: Option<u64>) -> Result<Response> {
-        let url = self.url("blobs", &digest.to_string());
         let what = format!("blob {digest}");
+        self.on_sites(RequestKind::Blob, &what, |site| {
+            self.get_blob_from(site, digest, offset, len, &what)
+        })
+    }
+
+    /// [`get_blob_at`](Self::get_blob_at) from one site.
+    fn get_blob_from(
+        &self,
+        site: &Site,
+        digest: &Digest,
+        offset: u64,
+        len: Option<u64>,
+        what: &str,
+    ) -> Result<Response> {
+        let url = site.url("blobs", &digest.to_string());
         let range = match len {
             Some(l) => format!("bytes={offset}-{}", offset + l.max(1) - 1),
             None => format!("bytes={offset}-"),
         };
         let ranged = offset > 0 || len.is_some();
         let resp = self.send(
+            site,
             || {
                 let r = self.http.get(&url);
                 if ranged {
@@ -493,20 +699,20 @@ impl Client {
                     r
                 }
             },
-            &what,
+            what,
         )?;
-        let mut resp = self.check(resp, &what)?;
+        let mut resp = self.check(site, resp, what)?;
         if ranged && resp.status() == StatusCode::OK {
-            if !self.warned_no_range.swap(true, Ordering::Relaxed) {
-                tracing::warn!(registry = %self.registry, "registry ignores Range requests; reading through the stream");
+            if !site.warned_no_range.swap(true, Ordering::Relaxed) {
+                tracing::warn!(registry = %site.registry, "registry ignores Range requests; reading through the stream");
             }
             let skipped = io::copy(&mut (&mut resp).take(offset), &mut io::sink())
-                .map_err(|e| Error::Network(format!("{}: {what}: {e}", self.name())))?;
+                .map_err(|e| Error::Network(format!("{}: {what}: {e}", site.name())))?;
             TRANSFER.bytes.fetch_add(skipped, Ordering::Relaxed);
             if skipped < offset {
                 return Err(Error::format(format!(
                     "{}: {what} ended after {skipped} bytes, before offset {offset}",
-                    self.name()
+                    site.name()
                 )));
             }
         } else if ranged && resp.status() == StatusCode::PARTIAL_CONTENT {
@@ -520,7 +726,7 @@ impl Client {
             if start.is_some_and(|s| s != offset) {
                 return Err(Error::format(format!(
                     "{}: {what}: asked for bytes from {offset}, got Content-Range starting at {}",
-                    self.name(),
+                    site.name(),
                     start.unwrap_or_default()
                 )));
             }
@@ -651,6 +857,25 @@ impl Read for BlobReader {
             tracing::debug!(digest = %self.digest, pos = self.pos, error = %err, "blob stream broke; resuming");
             std::thread::sleep(Duration::from_millis(100 << self.failures.min(4)));
         }
+    }
+}
+
+fn unauthorized(site: &Site, resolved: &Resolved, why: &str) -> Error {
+    Error::Auth(format!(
+        "registry {} refused access to repository {} ({why}; credentials: {})",
+        site.registry, site.repository, resolved.origin
+    ))
+}
+
+/// `e` with `note` appended to its message, keeping its kind.
+fn with_note(e: Error, note: &str) -> Error {
+    match e {
+        Error::NotFound(m) => Error::NotFound(m + note),
+        Error::Network(m) => Error::Network(m + note),
+        Error::Auth(m) => Error::Auth(m + note),
+        Error::Format(m) => Error::Format(m + note),
+        Error::Invalid(m) => Error::Invalid(m + note),
+        e => e,
     }
 }
 

@@ -6,9 +6,13 @@
 //! - [`client`]: one client per registry host: manifests, blobs, Range reads.
 //! - [`source`]: [`source::RegistrySource`], a layer blob as a
 //!   [`crate::source::RangeSource`] for mounts.
+//! - [`mirror`]: mirrors tried before the upstream, and registries.conf(5).
+//! - [`proxy`]: HTTP(S) proxies (`HTTPS_PROXY`, `NO_PROXY`, ...).
 
 pub mod auth;
 pub mod client;
+pub mod mirror;
+pub mod proxy;
 pub mod source;
 
 use std::path::PathBuf;
@@ -16,6 +20,8 @@ use std::time::Duration;
 
 pub use auth::{Credential, CredentialFn};
 pub use client::{Client, TransferStats};
+pub use mirror::{Mirror, PullFromMirror, RegistriesConf, RegistryEntry};
+pub use proxy::ProxyConfig;
 pub use source::RegistrySource;
 
 /// How to reach registries: credentials, transport and retry policy.
@@ -35,8 +41,47 @@ pub struct RegistryOptions {
     pub plain_http: Vec<String>,
     /// Timeout to connect, and for a response to start.
     pub timeout: Duration,
-    /// Attempts per request on 429, 5xx and dropped connections (at least 1).
+    /// Attempts per request on 429, 5xx and dropped connections (at least 1). A
+    /// mirror gets at most 2 before the next one is tried.
     pub attempts: u32,
+    /// Mirrors and rewrites given directly (`clipctl --registry-mirror`). On a
+    /// prefix that [`registries_conf`](Self::registries_conf) also has, this one
+    /// wins.
+    pub registries: RegistriesConf,
+    /// A containers-registries.conf(5) file to read mirrors from. `None` reads the
+    /// file `$CLIP_REGISTRIES_CONF` names, if set; `/etc/containers/registries.conf`
+    /// is never read unless named (a worker's mounts should not change with a file
+    /// someone installed for podman).
+    pub registries_conf: Option<PathBuf>,
+    /// The HTTP(S) proxy (default: from the environment, loopback never proxied).
+    pub proxy: ProxyConfig,
+}
+
+/// The environment variable naming a registries.conf to read when
+/// [`RegistryOptions::registries_conf`] is `None`.
+pub const REGISTRIES_CONF_ENV: &str = "CLIP_REGISTRIES_CONF";
+
+impl RegistryOptions {
+    /// The mirror configuration: [`registries`](Self::registries), then the
+    /// entries of the registries.conf file named by
+    /// [`registries_conf`](Self::registries_conf) or `$CLIP_REGISTRIES_CONF` whose
+    /// prefix `registries` does not have. Errors name the file.
+    pub fn effective_registries(&self) -> crate::Result<RegistriesConf> {
+        let file = self.registries_conf.clone().or_else(|| {
+            std::env::var_os(REGISTRIES_CONF_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        let mut conf = self.registries.clone();
+        if let Some(f) = file {
+            for e in RegistriesConf::load(&f)?.entries {
+                if !conf.entries.iter().any(|g| g.prefix == e.prefix) {
+                    conf.entries.push(e);
+                }
+            }
+        }
+        Ok(conf)
+    }
 }
 
 impl Default for RegistryOptions {
@@ -48,6 +93,9 @@ impl Default for RegistryOptions {
             plain_http: Vec::new(),
             timeout: Duration::from_secs(30),
             attempts: 5,
+            registries: RegistriesConf::default(),
+            registries_conf: None,
+            proxy: ProxyConfig::Environment,
         }
     }
 }
@@ -61,6 +109,9 @@ impl std::fmt::Debug for RegistryOptions {
             .field("plain_http", &self.plain_http)
             .field("timeout", &self.timeout)
             .field("attempts", &self.attempts)
+            .field("registries", &self.registries)
+            .field("registries_conf", &self.registries_conf)
+            .field("proxy", &self.proxy)
             .finish()
     }
 }

@@ -12,10 +12,12 @@
 //! - [`tricky_layers`], [`tricky_layout`], [`escaping_layer`] (`fixtures`): the
 //!   fixture catalogue, with what umoci 0.4.7 does on each case.
 //! - [`TestRegistry`] (`registry`): a real `docker-registry` on loopback (anonymous,
-//!   htpasswd or token auth with the test's token server), plus docker credential
+//!   htpasswd or token auth with the test's token server, or a pull-through
+//!   mirror of another), plus docker credential
 //!   helper and `config.json` writers.
 //! - [`Mounted`] (`mount`): a `clipctl mount --daemon` unmounted when dropped.
-//! - [`Proxy`] (`proxy`): a counting HTTP proxy that can strip `Range` headers.
+//! - [`Proxy`] (`proxy`): a counting HTTP proxy that can strip `Range` headers and
+//!   records request lines (a forward proxy too, for plain HTTP).
 //! - [`S3Server`] (`s3`): a real S3 server (versitygw, posix backend) on loopback,
 //!   counting the requests that reach it from its access log.
 #![allow(dead_code, unused_imports)]

@@ -1,6 +1,9 @@
 //! A tiny HTTP/1.1 forward proxy for tests, in front of a loopback registry: it
 //! counts the bytes it returns to the client and can strip `Range` headers, turning
 //! the registry into one that ignores Range (answers `200` with the whole blob).
+//! As a forward proxy (`HTTP_PROXY`) it sends every request to that registry,
+//! whatever host its absolute URI names, and records request lines
+//! ([`Proxy::request_lines`]): a `CONNECT` is forwarded as is and fails.
 //!
 //! Each request is forwarded on a fresh upstream connection with
 //! `Connection: close`, and the client connection is closed after the response, so
@@ -8,8 +11,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Faults a [`Proxy`] injects, to exercise retries.
 #[derive(Clone, Copy, Debug, Default)]
@@ -28,6 +31,7 @@ pub struct Proxy {
     addr: String,
     bytes: Arc<AtomicU64>,
     requests: Arc<AtomicU64>,
+    lines: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -45,11 +49,13 @@ impl Proxy {
         let bytes = Arc::new(AtomicU64::new(0));
         let requests = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (b, r, s, up) = (
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (b, r, s, up, l) = (
             bytes.clone(),
             requests.clone(),
             stop.clone(),
             upstream.to_string(),
+            lines.clone(),
         );
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -57,9 +63,9 @@ impl Proxy {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (b, r, up) = (b.clone(), r.clone(), up.clone());
+                let (b, r, up, l) = (b.clone(), r.clone(), up.clone(), l.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &up, strip_range, faults, &b, &r);
+                    let _ = serve(conn, &up, strip_range, faults, &b, &r, &l);
                 });
             }
         });
@@ -67,6 +73,7 @@ impl Proxy {
             addr,
             bytes,
             requests,
+            lines,
             stop,
         }
     }
@@ -85,6 +92,12 @@ impl Proxy {
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
+
+    /// The request lines received so far (`GET /v2/... HTTP/1.1`; absolute URIs
+    /// and `CONNECT host:port` when used as a forward proxy), oldest first.
+    pub fn request_lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
 }
 
 impl Drop for Proxy {
@@ -102,6 +115,7 @@ fn serve(
     faults: Faults,
     bytes: &AtomicU64,
     requests: &AtomicU64,
+    lines: &Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     let mut client = BufReader::new(conn.try_clone()?);
     // The request head.
@@ -114,6 +128,9 @@ fn serve(
         }
         if line == "\r\n" || line == "\n" {
             break;
+        }
+        if head.is_empty() {
+            lines.lock().unwrap().push(line.trim_end().to_string());
         }
         let lower = line.to_ascii_lowercase();
         if lower.starts_with("connection:") || (strip_range && lower.starts_with("range:")) {

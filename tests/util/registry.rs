@@ -226,6 +226,34 @@ impl TestRegistry {
     /// missing. Startup takes a few tens of milliseconds (plus ~20 ms of key
     /// generation and ~50 ms of Python start in the token modes).
     pub fn start(auth: RegistryAuth) -> TestRegistry {
+        TestRegistry::start_with(auth, "")
+    }
+
+    /// A pull-through cache of `upstream` (distribution's proxy mode,
+    /// `proxy.remoteurl`), anonymous: it fetches what it is asked for from
+    /// `upstream` and keeps it in its own storage. Read-only (no pushes).
+    pub fn start_mirror(upstream: &TestRegistry) -> TestRegistry {
+        TestRegistry::start_mirror_with(upstream, RegistryAuth::None)
+    }
+
+    /// Like [`start_mirror`](Self::start_mirror), with clients authenticating as
+    /// `auth` says (its credentials for the upstream are the upstream's own).
+    pub fn start_mirror_with(upstream: &TestRegistry, auth: RegistryAuth) -> TestRegistry {
+        let mut extra = format!("proxy:\n  remoteurl: {}\n", yaml_str(&upstream.url()));
+        if let Some((u, p)) = upstream.auth.credentials() {
+            let _ = write!(
+                extra,
+                "  username: {}\n  password: {}\n",
+                yaml_str(u),
+                yaml_str(p)
+            );
+        }
+        TestRegistry::start_with(auth, &extra)
+    }
+
+    /// Like [`start`](Self::start), with `extra` appended to the registry's YAML
+    /// configuration (top-level sections such as `proxy:`).
+    pub fn start_with(auth: RegistryAuth, extra: &str) -> TestRegistry {
         let bin = registry_bin();
         let dir = tmp("clip-registry-");
         let storage = dir.path().join("storage");
@@ -274,7 +302,7 @@ impl TestRegistry {
                  http:\n  addr: 127.0.0.1:{port}\n  secret: clip-test-secret\n  \
                  headers:\n    {INSTANCE_HEADER}: [{instance}]\n\
                  health:\n  storagedriver:\n    enabled: false\n\
-                 {auth_yaml}",
+                 {auth_yaml}{extra}",
                 storage = yaml_str(&storage.to_string_lossy()),
                 instance = yaml_str(&instance),
             );
