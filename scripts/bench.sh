@@ -112,6 +112,10 @@ RUNS=$RUNS "$root/scripts/bench-registry.sh"
 
 # C ABI and Go (issue 6): per-call overhead and the Go path beside clipctl;
 # (re)writes the section "## C ABI and Go (issue 6)".
+# Shared tier (issue 11): a second worker's cold python start against the first's,
+# with the tier in an S3 bucket (versitygw) that the first one warmed.
+RUNS=$RUNS "$root/scripts/bench-tier.sh"
+
 RUNS=$RUNS "$root/scripts/bench-abi.sh"
 
 # v1 archives (issue 10): `clipctl archive` of the merged tree (bench-work/native,

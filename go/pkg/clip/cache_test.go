@@ -1,9 +1,11 @@
 package clip
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -241,17 +243,31 @@ func TestContentCacheFailuresChangeNothingButSpeed(t *testing.T) {
 				o.ContentCacheAvailable = false
 			}
 			started := time.Now()
-			mountAndCheck(t, o, testutil.Expected(f.img))
+			errs, server, err := mountLive(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := testutil.Diff(testutil.Expected(f.img), testutil.Snapshot(t, o.MountPoint)); len(d) > 0 {
+				_ = server.Unmount()
+				t.Fatalf("mounted tree differs:\n%s", strings.Join(d, "\n"))
+			}
 			if took := time.Since(started); took > 45*time.Second {
 				t.Fatalf("reading through a %s cache took %v", mode, took)
 			}
+			if mode == "nodrain" {
+				// Layers are offered 5 s after the reads that fetched them.
+				waitFor(t, "a store attempt", 30*time.Second, func() bool { return cache.stores.Load() > 0 })
+			}
+			if err := server.Unmount(); err != nil {
+				t.Fatal(err)
+			}
+			waitClosed(t, errs)
 			switch mode {
 			case "typed-nil", "not-available":
 				if n := cache.gets.Load() + cache.exists.Load() + cache.stores.Load(); n != 0 {
 					t.Fatalf("%d calls to a cache that is not there", n)
 				}
 			case "nodrain":
-				waitFor(t, "a store attempt", 30*time.Second, func() bool { return cache.stores.Load() > 0 })
 				if cache.layers() != 0 {
 					t.Fatal("a refused store stored something")
 				}
@@ -318,5 +334,46 @@ func TestPrepareArchiveContent(t *testing.T) {
 	}
 	if n := liveHandles.Load(); n != 0 {
 		t.Fatalf("%d cgo handles left", n)
+	}
+}
+
+// CreateFromOCIImage stores the layer blobs it reads from the registry into the
+// content cache, and the next create reads them from there.
+func TestCreateUsesTheContentCache(t *testing.T) {
+	f := newCacheFixture(t)
+	cache := newMemCache(t, "")
+	meta, _ := NewClipArchiver().ExtractMetadata(f.archive)
+	layers := meta.StorageInfo.(common.OCIStorageInfo).Layers
+	run := func(out string) []OCIIndexProgress {
+		progress := make(chan OCIIndexProgress, 100)
+		events := collectProgress(progress)
+		err := CreateFromOCIImage(context.Background(), CreateFromOCIImageOptions{
+			ImageRef: f.proxy.Ref("team/app:v1"), OutputPath: out, ProgressChan: progress,
+			ContentCache: cache, ContentCacheDir: t.TempDir(),
+		})
+		evs := events()
+		if err != nil {
+			t.Fatalf("CreateFromOCIImage: %v", err)
+		}
+		return evs
+	}
+	checkProgress(t, run(filepath.Join(f.dir, "c1.clip")), len(layers), LayerSourceRegistry)
+	waitFor(t, "the blobs to reach the content cache", 30*time.Second, func() bool {
+		for _, l := range layers {
+			if _, ok := cache.get(strings.TrimPrefix(l, "sha256:")); !ok {
+				return false
+			}
+		}
+		return true
+	})
+	before := f.proxy.Bytes()
+	checkProgress(t, run(filepath.Join(f.dir, "c2.clip")), len(layers), LayerSourceContentCache)
+	if got := f.proxy.Bytes() - before; got > 16<<10 {
+		t.Fatalf("the second create read %d bytes from the registry (manifest and config only expected)", got)
+	}
+	a, _ := os.ReadFile(filepath.Join(f.dir, "c1.clip"))
+	b, _ := os.ReadFile(filepath.Join(f.dir, "c2.clip"))
+	if !bytes.Equal(a, b) {
+		t.Fatal("the archive made from the content cache differs")
 	}
 }

@@ -33,6 +33,8 @@ static int cache_store_trampoline(const char *key, const char *path, void *paylo
 
 static int prepare_progress_trampoline(const clip_prepare_progress *p, void *payload) {
 	return clipgoPrepareProgress((clip_prepare_progress *)p, (uintptr_t)payload);
+}
+
 static int layer_index_get_trampoline(clip_buffer *out, const char *key, void *payload) {
 	return clipgoLayerIndexGet(out, (char *)key, (uintptr_t)payload);
 }
@@ -72,6 +74,8 @@ void clipgo_set_content_cache(clip_content_cache *cache, uintptr_t handle) {
 void clipgo_set_prepare_progress(clip_prepare_options *opts, uintptr_t handle) {
 	opts->progress = prepare_progress_trampoline;
 	opts->progress_payload = (void *)handle;
+}
+
 void clipgo_set_layer_index_cache(clip_layer_index_cache_callbacks *cbs, uintptr_t handle) {
 	cbs->get = layer_index_get_trampoline;
 	cbs->put = layer_index_put_trampoline;

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"reflect"
 	"sync"
+	"time"
 
 	"github.com/beam-cloud/clip/go/pkg/common"
 	"github.com/beam-cloud/clip/go/pkg/storage"
@@ -39,6 +40,8 @@ func CreateFromOCIImage(ctx context.Context, options CreateFromOCIImageOptions) 
 		progress:    o.ProgressChan,
 		provider:    providerOf(o.CredProvider),
 		layerIndex:  layerIndexCacheOf(o.LayerIndexCache),
+		cache:       contentCacheOf(o.ContentCache, true),
+		cacheDir:    o.ContentCacheDir,
 	}
 	if spec.storageRef == "" {
 		spec.storageRef = o.ImageRef
@@ -90,6 +93,8 @@ type createSpec struct {
 	progress      chan<- OCIIndexProgress
 	provider      common.RegistryCredentialProvider
 	layerIndex    storage.LayerIndexCache // nil: none
+	cache         storage.ContentCache    // compressed blobs by digest hex; nil: none
+	cacheDir      string                  // spool directory for cache stores
 }
 
 func create(ctx context.Context, s createSpec) error {
@@ -120,9 +125,22 @@ func create(ctx context.Context, s createSpec) error {
 	} else if s.layerIndex != nil {
 		cb.layerIndex = s.layerIndex
 	}
-	if s.progress != nil || s.provider != nil || cb.layerIndex != nil {
+	if s.cache != nil {
+		cb.cache, cb.cacheTimeout = s.cache, 2*time.Second
+	}
+	if s.progress != nil || s.provider != nil || cb.layerIndex != nil || cb.cache != nil {
 		h := newHandle(cb)
 		defer deleteHandle(h)
+		if cb.cache != nil {
+			cc := cAlloc[C.clip_content_cache]()
+			defer cFree(cc)
+			if err := call(func() C.int { return C.clip_content_cache_init(cc, C.CLIP_CONTENT_CACHE_VERSION) }); err != nil {
+				return err
+			}
+			C.clipgo_set_content_cache(cc, C.uintptr_t(h))
+			opts.content_cache = cc
+			opts.content_cache_dir = cs.str(s.cacheDir)
+		}
 		if cb.layerIndex != nil {
 			cbs := cAlloc[C.clip_layer_index_cache_callbacks]()
 			defer cFree(cbs)

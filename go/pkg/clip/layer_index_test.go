@@ -25,7 +25,7 @@ type memLayerIndexCache struct {
 	putErr     error
 }
 
-func newMemCache() *memLayerIndexCache {
+func newMemLayerIndexCache() *memLayerIndexCache {
 	return &memLayerIndexCache{data: map[string][]byte{}}
 }
 
@@ -108,7 +108,7 @@ func TestLayerIndexCacheSecondCreateReadsNoLayer(t *testing.T) {
 	testutil.WriteLayout(t, layout, "latest", testutil.SampleImage(1<<20))
 	plain := indexWith(t, layout, filepath.Join(dir, "plain.clip"), nil, LayerSourceLocalLayout)
 
-	cache := newMemCache()
+	cache := newMemLayerIndexCache()
 	first := indexWith(t, layout, filepath.Join(dir, "first.clip"), cache, LayerSourceLocalLayout)
 	if gets, puts, hits := cache.counts(); gets != 3 || puts != 3 || hits != 0 {
 		t.Fatalf("first run: %d gets, %d puts, %d hits; want 3, 3, 0", gets, puts, hits)
@@ -236,7 +236,7 @@ func TestLayerIndexCacheFailuresNeverFailABuild(t *testing.T) {
 	testutil.WriteLayout(t, layout, "latest", testutil.SampleImage(0))
 	plain := indexWith(t, layout, filepath.Join(dir, "plain.clip"), nil, LayerSourceLocalLayout)
 
-	broken := newMemCache()
+	broken := newMemLayerIndexCache()
 	broken.putErr = errors.New("cache cluster unreachable")
 	got := indexWith(t, layout, filepath.Join(dir, "a.clip"), broken, LayerSourceLocalLayout)
 	if _, puts, _ := broken.counts(); puts != 3 || !bytes.Equal(got, plain) {
@@ -247,7 +247,7 @@ func TestLayerIndexCacheFailuresNeverFailABuild(t *testing.T) {
 		t.Fatal("archive differs with an erroring cache")
 	}
 	// Garbage under the right keys: misses, then replaced by real artifacts.
-	junk := newMemCache()
+	junk := newMemLayerIndexCache()
 	indexWith(t, layout, filepath.Join(dir, "c.clip"), junk, LayerSourceLocalLayout)
 	for k := range junk.data {
 		junk.data[k] = []byte("not an artifact")

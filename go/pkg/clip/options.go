@@ -122,7 +122,15 @@ type CreateFromOCIImageOptions struct {
 	// misses; PutLayerIndex errors never fail the call. A typed nil means none.
 	LayerIndexCache storage.LayerIndexCache
 
-	// Accepted, not used: the content cache (see docs/GO.md).
+	// ContentCache, if set (a typed nil means none), is a source and a warm
+	// target of compressed layer blobs, keyed by the bare hex of the layer
+	// digest: a blob it holds (ContentCacheExistsWithSize with the layer's size;
+	// without that extension it is never read) is read from it by range, the
+	// digest verified as it streams, and the progress Source is
+	// LayerSourceContentCache; any failure reads the layer from its source
+	// instead. A blob read from the registry or layout is stored into it
+	// afterwards, best effort, spooled in ContentCacheDir ("" = the system's
+	// temporary directory) while it is indexed.
 	ContentCache    storage.ContentCache
 	ContentCacheDir string
 }
