@@ -714,7 +714,9 @@ impl Store {
                     return TierRead::Fallback;
                 }
             },
-            TierState::Warming | TierState::Present | TierState::Unknowable => {}
+            // Being stored by this process: not there yet.
+            TierState::Warming => return TierRead::NotAsked,
+            TierState::Present | TierState::Unknowable => {}
         }
         let (s, e) = l.codec.span_range(k);
         match tier.read(&key, s, (e - s) as usize) {
@@ -743,9 +745,7 @@ impl Store {
             }
             Outcome::Error(TierError::Miss) => {
                 self.counters.tier_misses.fetch_add(1, Ordering::Relaxed);
-                if state != TierState::Warming {
-                    self.set_tier_state(layer, TierState::Absent(std::time::Instant::now()));
-                }
+                self.set_tier_state(layer, TierState::Absent(std::time::Instant::now()));
                 event("miss", 0, None);
                 TierRead::Fallback
             }

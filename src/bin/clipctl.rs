@@ -765,20 +765,21 @@ fn run(cmd: Cmd) -> Result<()> {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
             write_stats(&m)?;
-            waiter
+            let served = waiter
                 .join()
-                .map_err(|_| anyhow::anyhow!("mount thread panicked"))??;
-            // Layers being stored into the remote cache: finish them, or the next
-            // machine pays for them again.
+                .map_err(|_| anyhow::anyhow!("mount thread panicked"))?;
+            // Layers being stored into the remote cache: finish them (however the
+            // session ended), or the next machine pays for them again.
             if !m
                 .store()
                 .wait_background(std::time::Duration::from_millis(200))
             {
-                eprintln!("clipctl: finishing uploads to the remote cache");
+                tracing::info!("finishing stores into the remote cache");
                 m.store()
                     .wait_background(std::time::Duration::from_secs(3600));
             }
             write_stats(&m)?;
+            served?;
         }
         Cmd::Prefetch {
             archive,
