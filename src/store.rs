@@ -191,6 +191,8 @@ pub struct Store {
     low_space: Mutex<SpaceCheck>,
     tier: Option<Arc<Tier>>,
     tier_state: Mutex<Vec<TierState>>,
+    /// Layers whose store into the tier failed.
+    warm_failed: Mutex<HashSet<usize>>,
     observer: Option<ReadObserver>,
     /// Background stores into the tier running.
     warming: Arc<(Mutex<usize>, Condvar)>,
@@ -244,6 +246,7 @@ impl Store {
             low_space: Mutex::new(SpaceCheck::default()),
             tier,
             tier_state: Mutex::new(vec![TierState::Unknown; layers]),
+            warm_failed: Mutex::new(HashSet::new()),
             observer: opts.observer,
             warming: Arc::new((Mutex::new(0), Condvar::new())),
             inflight: Mutex::new(HashMap::new()),
@@ -767,6 +770,16 @@ impl Store {
         }
         {
             let mut st = self.tier_state.lock().expect("tier state lock");
+            // A layer whose store failed is not tried again by this store: each try
+            // fetches the whole layer.
+            if self
+                .warm_failed
+                .lock()
+                .expect("warm failed lock")
+                .contains(&layer)
+            {
+                return;
+            }
             match st[layer] {
                 TierState::Absent(_) | TierState::Unknowable => st[layer] = TierState::Warming,
                 _ => return,
@@ -792,9 +805,13 @@ impl Store {
                 }
                 Err(e) => {
                     tracing::warn!(
-                        "cannot store layer {} in the content tier: {e}",
+                        "cannot store layer {} in the content tier (not tried again by this mount): {e}",
                         me.image.archive().layers[layer].digest
                     );
+                    me.warm_failed
+                        .lock()
+                        .expect("warm failed lock")
+                        .insert(layer);
                     me.set_tier_state(layer, TierState::Absent(std::time::Instant::now()));
                 }
             }

@@ -500,24 +500,6 @@ fn storage_json(archive: &Path) -> Value {
     v["meta"]["storage"].clone()
 }
 
-/// A two-layer gzip image with files spanning several 2 MiB spans, so that reads
-/// after a token expiry need fresh fetches.
-fn multi_span_layout(dir: &Path, tag: &str) -> ImageInfo {
-    let mut lb = LayoutBuilder::new(dir);
-    let mut t = TarBuilder::new();
-    t.dir("data/");
-    for i in 0..4 {
-        t.file(format!("data/blob{i}"), pseudo_random_bytes(i, 3 << 20));
-    }
-    lb.add_layer(&t.finish(), Compression::Gzip);
-    let mut t = TarBuilder::new();
-    t.dir("etc/");
-    t.file("etc/motd", b"hello from the top layer\n");
-    t.file("data/text", compressible_bytes(5 << 20));
-    lb.add_layer(&t.finish(), Compression::Gzip);
-    lb.write_image(Some(tag))
-}
-
 fn mount_args<'a>(extra: &'a [&'a str]) -> Vec<&'a OsStr> {
     extra.iter().map(OsStr::new).collect()
 }

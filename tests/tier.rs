@@ -13,23 +13,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use util::*;
 
-/// A two-layer gzip image with files over several 2 MiB spans.
-fn two_layer_layout(dir: &Path, tag: &str) -> ImageInfo {
-    let mut lb = LayoutBuilder::new(dir);
-    let mut t = TarBuilder::new();
-    t.dir("data/");
-    for i in 0..3 {
-        t.file(format!("data/blob{i}"), pseudo_random_bytes(i, 3 << 20));
-    }
-    lb.add_layer(&t.finish(), Compression::Gzip);
-    let mut t = TarBuilder::new();
-    t.dir("etc/");
-    t.file("etc/motd", b"hello from the top layer\n");
-    t.file("data/text", compressible_bytes(5 << 20));
-    lb.add_layer(&t.finish(), Compression::Gzip);
-    lb.write_image(Some(tag))
-}
-
 /// An image in a fresh registry, its archive, and the umoci tree to compare with.
 struct Fixture {
     reg: TestRegistry,
@@ -42,7 +25,7 @@ fn fixture(prefix: &str) -> Fixture {
     let reg = TestRegistry::start(RegistryAuth::None);
     let d = tmp(prefix);
     let layout = d.path().join("layout");
-    two_layer_layout(&layout, "t");
+    multi_span_layout(&layout, "t");
     reg.push(&layout, "t", "app:v1");
     let archive = d.path().join("a.clip");
     ok(clipctl()

@@ -147,22 +147,8 @@ enum Cmd {
         archive: PathBuf,
         /// Where to mount (created if missing).
         mountpoint: PathBuf,
-        /// The OCI layout holding the layers (default: the registry the archive
-        /// names, else the layout it was indexed from).
-        #[arg(long)]
-        layout: Option<PathBuf>,
         #[command(flatten)]
-        reg: RegistryArgs,
-        #[command(flatten)]
-        s3: S3Args,
-        /// Span cache directory (default: $CLIP_CACHE_DIR, ~/.cache/clip).
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
-        /// Span cache size limit (a number with an optional KiB/MiB/GiB suffix).
-        #[arg(long, default_value = "10GiB")]
-        cache_size: String,
-        #[command(flatten)]
-        tier: TierArgs,
+        store: StoreArgs,
         /// Let other users access the mount.
         #[arg(long)]
         allow_other: bool,
@@ -182,22 +168,8 @@ enum Cmd {
     Prefetch {
         /// The archive.
         archive: PathBuf,
-        /// The OCI layout holding the layers (default: the registry the archive
-        /// names, else the layout it was indexed from).
-        #[arg(long)]
-        layout: Option<PathBuf>,
         #[command(flatten)]
-        reg: RegistryArgs,
-        #[command(flatten)]
-        s3: S3Args,
-        /// Span cache directory (default: $CLIP_CACHE_DIR, ~/.cache/clip).
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
-        /// Span cache size limit (a number with an optional KiB/MiB/GiB suffix).
-        #[arg(long, default_value = "10GiB")]
-        cache_size: String,
-        #[command(flatten)]
-        tier: TierArgs,
+        store: StoreArgs,
         /// Runs of spans fetched at once.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
@@ -367,6 +339,50 @@ impl S3Args {
             loc.region = r.clone();
         }
         loc.path_style |= self.path_style;
+    }
+}
+
+/// Where a mount's (or a prefetch's) bytes come from and where they are cached.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// The OCI layout holding the layers (default: the registry the archive
+    /// names, else the layout it was indexed from).
+    #[arg(long)]
+    layout: Option<PathBuf>,
+    #[command(flatten)]
+    reg: RegistryArgs,
+    #[command(flatten)]
+    s3: S3Args,
+    /// Span cache directory (default: $CLIP_CACHE_DIR, ~/.cache/clip).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Span cache size limit (a number with an optional KiB/MiB/GiB suffix).
+    #[arg(long, default_value = "10GiB")]
+    cache_size: String,
+    #[command(flatten)]
+    tier: TierArgs,
+}
+
+impl StoreArgs {
+    /// The image of `archive`, bound to its sources.
+    fn image(&self, archive: &std::path::Path) -> Result<Image> {
+        let src = self
+            .reg
+            .sources_with(self.layout.clone(), &self.s3, Some(&self.tier))?;
+        Ok(Image::open(archive, &src)?)
+    }
+
+    /// Mount options with the cache and tier given.
+    fn mount_options(&self) -> Result<clip::mount::MountOptions> {
+        let mut opts = clip::mount::MountOptions {
+            cache_max_bytes: parse_size(&self.cache_size)?,
+            ..Default::default()
+        };
+        self.tier.apply(&mut opts, &self.s3)?;
+        if let Some(d) = &self.cache_dir {
+            opts.cache_dir = d.clone();
+        }
+        Ok(opts)
     }
 }
 
@@ -712,12 +728,7 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Mount {
             archive,
             mountpoint,
-            layout,
-            reg,
-            s3,
-            cache_dir,
-            cache_size,
-            tier,
+            store,
             allow_other,
             daemon,
             stats_file,
@@ -726,16 +737,9 @@ fn run(cmd: Cmd) -> Result<()> {
             if daemon {
                 return daemonize();
             }
-            let img = Image::open(&archive, &reg.sources_with(layout, &s3, Some(&tier))?)?;
-            let mut opts = clip::mount::MountOptions {
-                cache_max_bytes: parse_size(&cache_size)?,
-                allow_other,
-                ..Default::default()
-            };
-            tier.apply(&mut opts, &s3)?;
-            if let Some(d) = cache_dir {
-                opts.cache_dir = d;
-            }
+            let img = store.image(&archive)?;
+            let mut opts = store.mount_options()?;
+            opts.allow_other = allow_other;
             let m = std::sync::Arc::new(clip::mount::Mount::new(img, &mountpoint, &opts)?);
             if notify_ready {
                 println!("ready");
@@ -783,23 +787,11 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Prefetch {
             archive,
-            layout,
-            reg,
-            s3,
-            cache_dir,
-            cache_size,
-            tier,
+            store,
             concurrency,
         } => {
-            let img = Image::open(&archive, &reg.sources_with(layout, &s3, Some(&tier))?)?;
-            let mut opts = clip::mount::MountOptions {
-                cache_max_bytes: parse_size(&cache_size)?,
-                ..Default::default()
-            };
-            tier.apply(&mut opts, &s3)?;
-            if let Some(d) = cache_dir {
-                opts.cache_dir = d;
-            }
+            let img = store.image(&archive)?;
+            let opts = store.mount_options()?;
             let store = clip::store::Store::with_options(
                 std::sync::Arc::new(img),
                 &opts.cache_dir,

@@ -818,3 +818,22 @@ pub fn multi_platform_layout(dir: &Path, tag: &str, flavor: Flavor) {
         ],
     );
 }
+
+/// A two-layer gzip image with files over several 2 MiB spans (4 x 3 MiB of random
+/// bytes below, 5 MiB of compressible text and a small file above): reads need
+/// several fetches from each layer.
+pub fn multi_span_layout(dir: &Path, tag: &str) -> ImageInfo {
+    let mut lb = LayoutBuilder::new(dir);
+    let mut t = TarBuilder::new();
+    t.dir("data/");
+    for i in 0..4 {
+        t.file(format!("data/blob{i}"), pseudo_random_bytes(i, 3 << 20));
+    }
+    lb.add_layer(&t.finish(), Compression::Gzip);
+    let mut t = TarBuilder::new();
+    t.dir("etc/");
+    t.file("etc/motd", b"hello from the top layer\n");
+    t.file("data/text", compressible_bytes(5 << 20));
+    lb.add_layer(&t.finish(), Compression::Gzip);
+    lb.write_image(Some(tag))
+}
