@@ -15,7 +15,7 @@ GO ?= go
 GO_PREFIX ?= $(CURDIR)/target/go-prefix
 GO_ENV = PKG_CONFIG_PATH=$(GO_PREFIX)/lib/pkgconfig LD_LIBRARY_PATH=$(GO_PREFIX)/lib CGO_ENABLED=1
 
-.PHONY: all build deps test test-rust test-c test-go lint demo bench bench-abi-c header install clean
+.PHONY: all build deps test test-rust test-c test-deb test-go lint demo bench bench-abi-c header install deb clean
 
 all: build
 
@@ -29,6 +29,7 @@ deps:
 test: deps
 	$(CARGO) test --all-targets -- --test-threads=2
 	$(MAKE) test-c
+	$(MAKE) test-deb
 	$(MAKE) test-go
 	$(MAKE) lint
 
@@ -37,6 +38,19 @@ test: deps
 test-c: deps
 	$(MAKE) install PROFILE=debug PREFIX=$(CTEST_PREFIX)
 	./tests/c/run.sh $(CTEST_PREFIX)
+
+# The Debian packages (`make deb`, of the test build) unpacked into a scratch root:
+# the C harness built against them through pkg-config and run.
+test-deb: deps
+	PROFILE=debug ./scripts/deb.sh >/dev/null
+	rm -rf target/deb/root && mkdir -p target/deb/root
+	for p in target/deb/libclip0_*.deb target/deb/libclip-dev_*.deb; do dpkg-deb -x $$p target/deb/root; done
+	./tests/c/run.sh --deb target/deb/root
+
+# libclip0 and libclip-dev .debs (target/deb/) for worker images; docs/GO.md shows
+# the Dockerfile stages.
+deb:
+	./scripts/deb.sh
 
 # The Go package against the installed library: vet, then the tests (real registry
 # and FUSE) with the race detector, and again with cgocheck2 (no Go pointer kept by C).

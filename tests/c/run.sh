@@ -9,11 +9,16 @@
 #                          them is missing.
 #   run.sh --bench PREFIX  the per-call overhead benchmark (bench.c), one line per
 #                          measure.
+#   run.sh --deb ROOT      the packages (`make deb`) unpacked into ROOT: headertest and
+#                          the harness (under AddressSanitizer only) built through
+#                          pkg-config with ROOT as the sysroot, run against ROOT's
+#                          library.
 # `make test-c` and `make bench-abi-c` install the library to PREFIX first.
 set -euo pipefail
 mode=test
 if [ "${1:-}" = --bench ]; then mode=bench; shift; fi
-prefix=${1:?usage: run.sh [--bench] PREFIX [harness test names...]}
+if [ "${1:-}" = --deb ]; then mode=deb; shift; fi
+prefix=${1:?usage: run.sh [--bench|--deb] PREFIX|ROOT [harness test names...]}
 shift
 prefix=$(cd "$prefix" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,10 +28,22 @@ for tool in gcc g++ pkg-config tar gzip skopeo docker-registry htpasswd valgrind
   command -v "$tool" >/dev/null 2>&1 || die "$tool is missing (make deps installs it)"
 done
 
-export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
-pkg-config --exists clip || die "clip.pc not found under $PKG_CONFIG_PATH"
+if [ "$mode" = deb ]; then
+  # Packages unpacked into $prefix: their clip.pc says /usr; the sysroot maps it.
+  multiarch=$(gcc -print-multiarch)
+  export PKG_CONFIG_SYSROOT_DIR=$prefix PKG_CONFIG_LIBDIR=$prefix/usr/lib/$multiarch/pkgconfig
+  unset PKG_CONFIG_PATH
+  pkg-config --exists clip || die "clip.pc not found under $PKG_CONFIG_LIBDIR (was libclip-dev unpacked there?)"
+  grep -qx "libdir=/usr/lib/$multiarch" "$PKG_CONFIG_LIBDIR/clip.pc" || die "clip.pc's libdir is not /usr/lib/$multiarch"
+  libdir=$(pkg-config --variable=libdir clip) # pkgconf maps it into the sysroot
+  [ "$libdir" = "$prefix/usr/lib/$multiarch" ] || die "pkg-config gave libdir $libdir, not under $prefix"
+else
+  export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
+  pkg-config --exists clip || die "clip.pc not found under $PKG_CONFIG_PATH"
+  libdir=$(pkg-config --variable=libdir clip)
+fi
 cflags=$(pkg-config --cflags clip)
-libs="$(pkg-config --libs clip) -Wl,-rpath,$(pkg-config --variable=libdir clip) -pthread"
+libs="$(pkg-config --libs clip) -Wl,-rpath,$libdir -pthread"
 
 work=$(mktemp -d /tmp/clip-c.XXXXXX)
 registry_pid=
@@ -153,6 +170,11 @@ build harness-asan gcc $warn -O1 -fsanitize=address,undefined -fno-sanitize-reco
   -fno-omit-frame-pointer $cflags "$here/harness.c"
 build harness gcc $warn -O0 $cflags "$here/harness.c"
 
+if [ "$mode" = deb ]; then
+  ldd "$work/harness-asan" | grep -q "libclip.so.0 => $libdir/libclip.so.0" ||
+    die "the harness does not load the packaged library: $(ldd "$work/harness-asan" | grep libclip)"
+fi
+
 # ---------------------------------------------------------------- run
 status=0
 echo "tests/c: harness under AddressSanitizer"
@@ -160,6 +182,11 @@ rm -rf "$CLIP_TEST_WORK"; mkdir -p "$CLIP_TEST_WORK"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1 \
   LSAN_OPTIONS=suppressions=$here/lsan.supp:print_suppressions=0 \
   with_deadline 600 "$work/harness-asan" "$@" || status=1
+
+if [ "$mode" = deb ]; then
+  [ $status = 0 ] && echo "tests/c: all passed against the packages" || echo "tests/c: FAILED" >&2
+  exit $status
+fi
 
 echo "tests/c: harness under valgrind"
 rm -rf "$CLIP_TEST_WORK"; mkdir -p "$CLIP_TEST_WORK"
