@@ -60,6 +60,10 @@ pub struct SourceOptions {
     /// For a `.rclip`: read the data from this local full archive instead of S3
     /// (the worker's `StorageModeOverride == local`).
     pub data_archive: Option<std::path::PathBuf>,
+    /// Where archives of the Go clip are converted to be served (re-indexed v2
+    /// archives, downloaded `.rclip` data; see [`crate::goclip`]); `None`: the
+    /// default cache directory's `goclip/`.
+    pub goclip_dir: Option<std::path::PathBuf>,
 }
 
 /// An archive with a source for each layer.
@@ -105,7 +109,12 @@ impl Image {
     ///
     /// A v1 archive reads its data from its own DATA section; a `.rclip` from the
     /// full archive in S3 it names (or `opts.s3`), or from `opts.data_archive`.
+    ///
+    /// An archive of the Go clip is served as [`crate::goclip`] describes.
     pub fn open(archive_path: &Path, opts: &SourceOptions) -> Result<Image> {
+        if crate::goclip::is_goclip_file(archive_path) {
+            return crate::goclip::open_image(archive_path, opts);
+        }
         let archive = archive::read(archive_path)?;
         Image::bind(archive, archive_path, opts)
     }

@@ -46,6 +46,7 @@ pub mod extract;
 #[allow(unsafe_code)]
 pub mod ffi;
 pub mod fs;
+pub mod goclip;
 pub mod image;
 pub mod index;
 pub mod layout;

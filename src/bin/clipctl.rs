@@ -366,9 +366,12 @@ struct StoreArgs {
 impl StoreArgs {
     /// The image of `archive`, bound to its sources.
     fn image(&self, archive: &std::path::Path) -> Result<Image> {
-        let src = self
+        let mut src = self
             .reg
             .sources_with(self.layout.clone(), &self.s3, Some(&self.tier))?;
+        if let Some(d) = &self.cache_dir {
+            src.goclip_dir = Some(d.join("goclip"));
+        }
         Ok(Image::open(archive, &src)?)
     }
 
@@ -681,14 +684,17 @@ fn run(cmd: Cmd) -> Result<()> {
             path,
             recursive,
         } => {
-            let a = clip::archive::read(&archive)?;
+            let tree = if clip::goclip::is_goclip_file(&archive) {
+                clip::goclip::read(&archive)?.tree()?
+            } else {
+                clip::archive::read(&archive)?.tree
+            };
             let path = path.unwrap_or_else(|| "/".into());
-            let ino = a
-                .tree
+            let ino = tree
                 .resolve(path.as_bytes())
                 .with_context(|| format!("{path}: no such file in the image"))?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            ls(&a.tree, ino, &path, recursive, &mut out)?;
+            ls(&tree, ino, &path, recursive, &mut out)?;
             out.flush()?;
         }
         Cmd::Cat {
@@ -891,6 +897,9 @@ fn progress_bar() -> clip::create::ProgressFn {
 }
 
 fn inspect(path: &std::path::Path, json: bool) -> Result<()> {
+    if clip::goclip::is_goclip_file(path) {
+        return inspect_goclip(path, json);
+    }
     let a = clip::archive::read(path)?;
     let size = std::fs::metadata(path)?.len();
     let layers: Vec<serde_json::Value> = a
@@ -1228,4 +1237,24 @@ fn daemonize() -> Result<()> {
     let status = child.wait()?;
     eprint!("{err}");
     bail!("mount failed ({status})")
+}
+
+/// `inspect` of an archive of the Go clip: its storage info as the Go clip's
+/// `ExtractMetadata` gives it, and the index's size.
+fn inspect_goclip(path: &std::path::Path, json: bool) -> Result<()> {
+    let g = clip::goclip::read(path)?;
+    if json {
+        println!("{}", g.info_json());
+        return Ok(());
+    }
+    println!(
+        "archive:      {} (the Go clip's gob format 1)",
+        path.display()
+    );
+    println!("storage:      {}", g.storage_kind());
+    println!("nodes:        {}", g.nodes.len());
+    if let Some(s) = &g.storage_json {
+        println!("storage info: {}", serde_json::to_string_pretty(s)?);
+    }
+    Ok(())
 }

@@ -11,10 +11,18 @@ use crate::archive::Archive;
 
 /// An archive read into memory (validated), to inspect.
 pub struct clip_archive {
-    archive: Archive,
+    archive: Opened,
+}
+
+/// Our archive, or one of the Go clip.
+enum Opened {
+    Clip(Archive),
+    Go(Box<crate::goclip::GoArchive>),
 }
 
 /// Reads and validates the archive at `path`.
+///
+/// Archives of the Go clip (gob format) are read too (see `clip_archive_info`).
 ///
 /// Returns: 0; `CLIP_EINVALID` for a NULL argument; `CLIP_ENOTFOUND` if `path`
 /// does not exist; `CLIP_EFORMAT` for a file that is not a valid archive (the
@@ -26,7 +34,12 @@ pub extern "C" fn clip_archive_open(out: *mut *mut clip_archive, path: *const c_
     boundary("clip_archive_open", || {
         crate::log::init();
         let out = c_out(out, "out")?;
-        let archive = crate::archive::read(c_path(path, "path")?)?;
+        let path = c_path(path, "path")?;
+        let archive = if crate::goclip::is_goclip_file(path) {
+            Opened::Go(Box::new(crate::goclip::read(path)?))
+        } else {
+            Opened::Clip(crate::archive::read(path)?)
+        };
         write_out(out, Box::into_raw(Box::new(clip_archive { archive })));
         Ok(())
     })
@@ -52,6 +65,12 @@ pub extern "C" fn clip_archive_open(out: *mut *mut clip_archive, path: *const c_
 /// `registry`, `repository` and `reference` are empty when the archive records no
 /// registry to fetch from. Keys may be added in later versions.
 ///
+/// An archive of the Go clip has `"format_version": 0` and a `"goclip"` object:
+/// `{"format_version": 1, "storage_type": "" | "s3" | "oci", "storage": {...}}`,
+/// `storage` being its storage info with the Go clip's field names (`RegistryURL`,
+/// `Repository`, `Reference`, `Layers`, `DecompressedHashByLayer`, `ImageMetadata`,
+/// or `Bucket`, `Key`, ...), as its `ExtractMetadata` returned it.
+///
 /// Returns: 0, or `CLIP_EINVALID` for a NULL argument.
 /// Ownership: `*out` belongs to the caller; free it with `clip_string_free`.
 /// Thread-safety: any number of threads may call this on one archive at once.
@@ -60,7 +79,11 @@ pub extern "C" fn clip_archive_info(out: *mut *mut c_char, archive: *const clip_
     boundary("clip_archive_info", || {
         let out = c_out(out, "out")?;
         let a = c_ref(archive, "archive")?;
-        write_out(out, out_string(a.archive.info_json())?);
+        let doc = match &a.archive {
+            Opened::Clip(a) => a.info_json(),
+            Opened::Go(g) => g.info_json(),
+        };
+        write_out(out, out_string(doc)?);
         Ok(())
     })
 }

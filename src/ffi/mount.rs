@@ -228,10 +228,11 @@ pub extern "C" fn clip_mount_new(
         let mountpoint = c_path(mountpoint, "mountpoint")?;
         let args = mount_args(opts, archive_path)?;
         let gate = args.gate.clone();
+        let (mount_opts, stopped) = (args.mount.clone(), args.stopped.clone());
         let mounted = stopped_by_callback(
-            Image::bind(args.archive, archive_path, &args.source)
-                .and_then(|image| Mount::new(image, mountpoint, &args.mount)),
-            &args.stopped,
+            args.image(archive_path)
+                .and_then(|image| Mount::new(image, mountpoint, &mount_opts)),
+            &stopped,
         );
         match mounted {
             Ok(mount) => {
@@ -248,11 +249,23 @@ pub extern "C" fn clip_mount_new(
 
 /// What `clip_mount_options` say, read into the Rust API's options.
 struct MountArgs {
-    archive: crate::archive::Archive,
+    /// Our archive, read; `None` for an archive of the Go clip (opened by
+    /// [`MountArgs::image`]).
+    archive: Option<crate::archive::Archive>,
     source: SourceOptions,
     mount: MountOptions,
     stopped: Arc<AtomicBool>,
     gate: Arc<Gate>,
+}
+
+impl MountArgs {
+    /// The image to mount or prepare.
+    fn image(self, archive_path: &Path) -> crate::Result<Image> {
+        match self.archive {
+            Some(a) => Image::bind(a, archive_path, &self.source),
+            None => Image::open(archive_path, &self.source),
+        }
+    }
 }
 
 /// Reads `opts` (NULL: the defaults) and the archive at `archive_path`.
@@ -354,14 +367,30 @@ fn mount_args(opts: *const clip_mount_options, archive_path: &Path) -> FfiResult
             }));
         }
     }
-    let archive = crate::archive::read(archive_path)?;
+    src.goclip_dir = Some(mo.cache_dir.join("goclip"));
+    let (archive, named_key) = if crate::goclip::is_goclip_file(archive_path) {
+        let go = crate::goclip::read(archive_path)?;
+        let key = match go.storage {
+            crate::goclip::Storage::S3(s) => Some(s.key),
+            _ => None,
+        };
+        (None, key)
+    } else {
+        let a = crate::archive::read(archive_path)?;
+        let key = a
+            .meta
+            .storage
+            .as_ref()
+            .and_then(|s| s.s3.as_ref())
+            .map(|l| l.key.clone());
+        (Some(a), key)
+    };
     if let Some(a) = s3 {
         src.s3_options = a.options;
         src.s3 = a.location.map(|mut loc| {
             if !a.has_key {
                 // A bucket without a key: the key the archive names.
-                let named = archive.meta.storage.as_ref().and_then(|s| s.s3.as_ref());
-                loc.key = named.map(|l| l.key.clone()).unwrap_or_default();
+                loc.key = named_key.unwrap_or_default();
             }
             loc
         });
@@ -627,14 +656,11 @@ pub extern "C" fn clip_prepare(
         let args = mount_args(mount_opts, archive_path)?;
         let gate = args.gate.clone();
         let mut user_stop = false;
-        let r = Image::bind(args.archive, archive_path, &args.source)
-            .and_then(|image| {
-                Store::with_options(
-                    Arc::new(image),
-                    &args.mount.cache_dir,
-                    args.mount.store_options(),
-                )
-            })
+        let (cache_dir, store_options) = (args.mount.cache_dir.clone(), args.mount.store_options());
+        let stopped = args.stopped.clone();
+        let r = args
+            .image(archive_path)
+            .and_then(|image| Store::with_options(Arc::new(image), &cache_dir, store_options))
             .and_then(|store| {
                 let mut progress = |p: PrepareProgress| {
                     let Some(f) = cb else { return true };
@@ -656,7 +682,7 @@ pub extern "C" fn clip_prepare(
             Err(crate::Error::Canceled) if user_stop => {
                 Err(Failure::new(CLIP_EUSER, "stopped by the progress callback"))
             }
-            r => Ok(stopped_by_callback(r, &args.stopped)?),
+            r => Ok(stopped_by_callback(r, &stopped)?),
         }
     })
 }

@@ -55,6 +55,13 @@ type archiveInfo struct {
 		Volumes      []string          `json:"volumes"`
 		StopSignal   string            `json:"stop_signal"`
 	} `json:"config"`
+	// Goclip is set for an archive of the Go clip: its storage info as the Go
+	// clip's ExtractMetadata gave it, with the Go field names.
+	Goclip *struct {
+		FormatVersion int             `json:"format_version"`
+		StorageType   string          `json:"storage_type"`
+		Storage       json.RawMessage `json:"storage"`
+	} `json:"goclip"`
 }
 
 // metadataFromInfo converts the C ABI's archive description into the metadata
@@ -70,6 +77,9 @@ func metadataFromInfo(doc []byte, path string, size int64) (*common.ClipArchiveM
 		Source:        in.Source,
 		ArchiveSize:   size,
 		Path:          path,
+	}
+	if g := in.Goclip; g != nil {
+		return goclipMetadata(header, g.StorageType, g.Storage)
 	}
 	switch in.StorageType {
 	case string(common.StorageModeLocal):
@@ -125,6 +135,29 @@ func metadataFromInfo(doc []byte, path string, size int64) (*common.ClipArchiveM
 			ImageMetadata:           image,
 		},
 	}, nil
+}
+
+// goclipMetadata is the metadata of an archive of the Go clip: the storage info it
+// recorded, decoded into the same value types the Go clip's ExtractMetadata gave.
+func goclipMetadata(header common.ClipArchiveHeader, storageType string, storage json.RawMessage) (*common.ClipArchiveMetadata, error) {
+	header.CreatedBy = "the Go clip"
+	switch storageType {
+	case "":
+		return &common.ClipArchiveMetadata{Header: header}, nil
+	case string(common.StorageModeS3):
+		var si common.S3StorageInfo
+		if err := json.Unmarshal(storage, &si); err != nil {
+			return nil, fmt.Errorf("clip: %s: s3 storage info: %w", header.Path, err)
+		}
+		return &common.ClipArchiveMetadata{Header: header, StorageInfo: si}, nil
+	case string(common.StorageModeOCI):
+		var si common.OCIStorageInfo
+		if err := json.Unmarshal(storage, &si); err != nil {
+			return nil, fmt.Errorf("clip: %s: oci storage info: %w", header.Path, err)
+		}
+		return &common.ClipArchiveMetadata{Header: header, StorageInfo: si}, nil
+	}
+	return nil, fmt.Errorf("clip: %s: unsupported storage info type %q", header.Path, storageType)
 }
 
 func imageName(registry, repository string) string {
