@@ -51,9 +51,11 @@ fn check_v1_data(meta: &Value, src: &Path, archive: &Path) -> usize {
         if n["NodeType"] != "file" {
             continue;
         }
-        let path = n["Path"].as_str().unwrap();
-        let want = fs::read(src.join(path.trim_start_matches('/')))
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let raw = goclip_node_path(n);
+        let path = Path::new(&raw);
+        let want = fs::read(src.join(path.strip_prefix("/").unwrap()))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let path = path.display();
         let pos = n["DataPos"].as_u64().unwrap();
         let len = n["DataLen"].as_u64().unwrap();
         assert_eq!(len, want.len() as u64, "{path}: {n}");

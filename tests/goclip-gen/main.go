@@ -9,7 +9,8 @@
 //
 // rclip takes its credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
 // meta prints one JSON object: storage_type, storage, header and nodes (Go
-// field names kept). Errors go to stderr with exit status 1.
+// field names kept; nodes also carry PathHex/TargetHex, the raw bytes, since
+// encoding/json replaces invalid UTF-8 with U+FFFD). Errors go to stderr with exit status 1.
 package main
 
 import (
@@ -142,6 +143,7 @@ func main() {
 
 type node struct {
 	Path        string
+	PathHex     string // the path's raw bytes (encoding/json turns invalid UTF-8 into U+FFFD)
 	NodeType    common.ClipNodeType
 	Ino         uint64
 	Mode        uint32
@@ -157,6 +159,7 @@ type node struct {
 	Ctime       uint64
 	Ctimensec   uint32
 	Target      string
+	TargetHex   string
 	ContentHash string
 	DataPos     int64
 	DataLen     int64
@@ -187,6 +190,7 @@ func meta(path string) error {
 		n := a.(*common.ClipNode)
 		nodes = append(nodes, node{
 			Path:        n.Path,
+			PathHex:     hex.EncodeToString([]byte(n.Path)),
 			NodeType:    n.NodeType,
 			Ino:         n.Attr.Ino,
 			Mode:        n.Attr.Mode,
@@ -202,6 +206,7 @@ func meta(path string) error {
 			Ctime:       n.Attr.Ctime,
 			Ctimensec:   n.Attr.Ctimensec,
 			Target:      n.Target,
+			TargetHex:   hex.EncodeToString([]byte(n.Target)),
 			ContentHash: n.ContentHash,
 			DataPos:     n.DataPos,
 			DataLen:     n.DataLen,

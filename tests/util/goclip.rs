@@ -204,7 +204,15 @@ pub fn goclip_rclip(src: &Path, out: &Path, s3: &S3Server, bucket: &str, key: &s
             .args(["--region", s3.region(), "--path-style"])
             .env("AWS_ACCESS_KEY_ID", s3.access_key())
             .env("AWS_SECRET_ACCESS_KEY", s3.secret_key())
-            .env_remove("AWS_SESSION_TOKEN"),
+            // Nothing from the machine's AWS setup: aws-sdk-go-v2 fails with Go
+            // clip's plain *http.Client when AWS_CA_BUNDLE is set ("unable to add
+            // custom RootCAs HTTPClient").
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_CA_BUNDLE")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_ENDPOINT_URL_S3")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
     );
 }
 
@@ -243,10 +251,19 @@ pub fn goclip_meta(archive: &Path) -> Value {
 
 /// The node at `path` in a [`goclip_meta`] result.
 pub fn goclip_node<'a>(meta: &'a Value, path: &str) -> Option<&'a Value> {
+    let want = hex::encode(path.as_bytes());
     meta["nodes"]
         .as_array()?
         .iter()
-        .find(|n| n["Path"].as_str() == Some(path))
+        .find(|n| n["PathHex"].as_str() == Some(&want))
+}
+
+/// A [`goclip_meta`] node's path as raw bytes (from `PathHex`: `Path` is
+/// lossy for non-UTF-8 names).
+pub fn goclip_node_path(node: &Value) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let h = node["PathHex"].as_str().expect("PathHex");
+    std::ffi::OsString::from_vec(hex::decode(h).expect("PathHex is hex"))
 }
 
 /// [`tricky_layers`](super::fixtures::tricky_layers) with every layer gzip
