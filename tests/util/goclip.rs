@@ -84,6 +84,11 @@ fn build() -> PathBuf {
         // -mod=mod would hide an incomplete go.sum; the default (readonly) is wanted.
         .env_remove("GOFLAGS")
         .env("CGO_ENABLED", "0");
+    // go.mod names go 1.25.0; an older `go` fetches that toolchain itself unless
+    // its go.env says GOTOOLCHAIN=local (Debian's does).
+    if std::env::var_os("GOTOOLCHAIN").is_none() {
+        cmd.env("GOTOOLCHAIN", "auto");
+    }
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("failed to start {cmd:?}: {e}"));
