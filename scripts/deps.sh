@@ -19,8 +19,16 @@ fi
 # fetches a newer toolchain itself (GOTOOLCHAIN=auto, through the module proxy).
 gov=$(go env GOVERSION 2>/dev/null | sed 's/^go//')
 case "$gov" in
-  1.1[0-9]*|1.20*|"") echo "deps: warning: go ${gov:-?} cannot build go/ (it needs Go >= 1.21 to fetch the toolchain go/go.mod names)" >&2 ;;
+  1.1[0-9]*|1.20*|"") echo "deps: warning: go ${gov:-?} cannot build go/ or tests/goclip-gen (they need Go >= 1.21 to fetch the toolchain their go.mod names)" >&2 ;;
 esac
+# tests/goclip-gen: the tests' generator of archives written by the original Go
+# clip (the version beta9 pins). The tests build it themselves (modules from the
+# proxy, its committed go.sum); building it here just fetches the modules early.
+# (`go mod download` cannot: the proxy has no .info for that pseudo-version.)
+here=$(cd "$(dirname "$0")/.." && pwd)
+if ! (cd "$here/tests/goclip-gen" && GOTOOLCHAIN=${GOTOOLCHAIN:-auto} go build -o /dev/null .); then
+  echo "deps: warning: could not build tests/goclip-gen (the goclip_gen tests will fail)" >&2
+fi
 # versitygw: the S3 server (SigV4, posix backend) that tests/s3.rs and the Go tests
 # run on loopback. Built from its Go module into /usr/local/bin, so it is on PATH.
 if ! command -v versitygw >/dev/null 2>&1; then

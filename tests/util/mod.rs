@@ -11,6 +11,9 @@
 //!   external tool checks.
 //! - [`tricky_layers`], [`tricky_layout`], [`escaping_layer`] (`fixtures`): the
 //!   fixture catalogue, with what umoci 0.4.7 does on each case.
+//! - [`goclip_gen`] and `goclip_*` (`goclip`): archives written by the original
+//!   Go clip (the version beta9 pins) through `tests/goclip-gen`, and what its
+//!   `ExtractMetadata` reads back.
 //! - [`TestRegistry`] (`registry`): a real `docker-registry` on loopback (anonymous,
 //!   htpasswd or token auth with the test's token server, or a pull-through
 //!   mirror of another), plus docker credential
@@ -24,6 +27,7 @@
 
 pub mod cli;
 pub mod fixtures;
+pub mod goclip;
 pub mod layout;
 pub mod mount;
 pub mod proxy;
@@ -35,6 +39,7 @@ pub mod tree_diff;
 
 pub use cli::*;
 pub use fixtures::*;
+pub use goclip::*;
 pub use layout::*;
 pub use mount::*;
 pub use proxy::*;
