@@ -11,9 +11,32 @@ use crate::tree::Tree;
 /// `RemoteRef` names. The Go clip kept permission bits only (`mode & 0777`),
 /// skipped devices and stored each hard link as a file of its own: so does this
 /// tree.
+///
+/// The Go clip's v2 indexer could leave entries under a path an upper layer
+/// replaced with a file (`/x/child` where `/x` is now a file); those are left
+/// out, with a warning, as no path lookup could reach them.
 pub(super) fn build(a: &GoArchive) -> Result<Tree> {
     let mut b = TreeBuilder::default();
+    let mut non_dirs: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+    let mut skipped = 0usize;
     for n in &a.nodes {
+        let under_non_dir = n
+            .path
+            .iter()
+            .enumerate()
+            .skip(1)
+            .any(|(i, &c)| c == b'/' && non_dirs.contains(&n.path[..i]));
+        if under_non_dir {
+            skipped += 1;
+            tracing::warn!(
+                path = %String::from_utf8_lossy(&n.path),
+                "leaving out an entry of the Go-clip index under a non-directory"
+            );
+            continue;
+        }
+        if n.node_type != NodeType::Dir {
+            non_dirs.insert(&n.path);
+        }
         let (kind, layer, offset) = match n.node_type {
             NodeType::Dir => (EntryKind::Directory, 0, 0),
             NodeType::Symlink => (EntryKind::Symlink, 0, 0),
@@ -57,6 +80,9 @@ pub(super) fn build(a: &GoArchive) -> Result<Tree> {
                 String::from_utf8_lossy(&n.path)
             ))
         })?;
+    }
+    if skipped > 0 {
+        tracing::warn!(skipped, "entries of the Go-clip index left out");
     }
     b.finish()
 }
