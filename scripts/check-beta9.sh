@@ -165,6 +165,9 @@ if [ "$skipped" -gt 0 ]; then
     grep -E '^\s*--- SKIP: ' "$test_out" >&2
     die "$skipped tests skipped"
 fi
-[ "$failed" -eq 0 ] && [ "$test_rc" -eq 0 ] || die "go test (exit $test_rc, $failed failed)"
+if [ "$failed" -ne 0 ] || [ "$test_rc" -ne 0 ]; then
+    grep -E '^\s*--- FAIL: ' "$test_out" >&2 || true
+    die "go test (exit $test_rc, $failed failed)"
+fi
 [ "$top_passed" -gt 0 ] || die "no test ran"
 echo "$top_passed passed, 0 failed"
