@@ -15,7 +15,7 @@ GO ?= go
 GO_PREFIX ?= $(CURDIR)/target/go-prefix
 GO_ENV = PKG_CONFIG_PATH=$(GO_PREFIX)/lib/pkgconfig LD_LIBRARY_PATH=$(GO_PREFIX)/lib CGO_ENABLED=1
 
-.PHONY: all build deps test test-rust test-c test-deb test-go lint demo bench bench-abi-c header install deb clean
+.PHONY: all build deps test test-rust test-c test-deb test-go lint demo bench bench-abi-c header install deb clean check-beta9
 
 all: build
 
@@ -59,6 +59,16 @@ test-go: deps
 	cd go && $(GO_ENV) $(GO) vet ./...
 	cd go && $(GO_ENV) $(GO) test -race -count=1 ./...
 	cd go && $(GO_ENV) GOEXPERIMENT=cgocheck2 $(GO) test -count=1 ./...
+
+# A beta9 tree's worker built, vetted and tested (Clip|Archive|Metadata|Cache) against
+# go/ (scripts/check-beta9.sh; not part of `make test`). BETA9_REPLACES: "MOD=PATH ..."
+# (scripts/beta9-stubs.sh prints the ones beta9 0b79dfeb needs here); CLIP_PREFIX: an
+# installed libclip to use instead of installing the test build into GO_PREFIX.
+BETA9_DIR ?=
+BETA9_REPLACES ?=
+check-beta9:
+	@test -n "$(BETA9_DIR)" || { echo "usage: make check-beta9 BETA9_DIR=... [BETA9_REPLACES=\"mod=path ...\"]" >&2; exit 2; }
+	./scripts/check-beta9.sh $(BETA9_DIR) $(foreach r,$(BETA9_REPLACES),--replace $(r))
 
 # Per-call overhead of the C ABI, ns per call, one line per measure.
 bench-abi-c: deps
