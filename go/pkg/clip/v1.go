@@ -72,6 +72,12 @@ func (ca *ClipArchiver) Create(opts ClipArchiverOptions) error {
 // was read from (by ExtractMetadata: a v1 .clip or .rclip), naming the S3 object
 // storageInfo gives (a *common.S3StorageInfo or a common.S3StorageInfo) as where
 // its data lives. Nothing is uploaded.
+//
+// With a common.OCIStorageInfo (value or pointer) it writes what the Go clip
+// wrote: an archive in the Go clip's format whose storage info is that value, so
+// ExtractMetadata gives it back unchanged (Layers, DecompressedHashByLayer,
+// ImageMetadata, ...) and a mount indexes the image it names. Its index holds the
+// root directory only: the files of an OCI image live in its layers.
 func (ca *ClipArchiver) CreateRemoteArchive(storageInfo common.ClipStorageInfo, meta *common.ClipArchiveMetadata, path string) error {
 	if meta == nil {
 		return invalid("CreateRemoteArchive: metadata is nil")
@@ -87,8 +93,11 @@ func (ca *ClipArchiver) CreateRemoteArchive(storageInfo common.ClipStorageInfo, 
 	case s3 == nil && storageType(storageInfo) == "":
 		return invalid(fmt.Sprintf("CreateRemoteArchive: storage info is nil (%T)", storageInfo))
 	case s3 == nil:
+		if oci := ociInfo(storageInfo); oci != nil {
+			return writeGoclipOCI(*oci, path)
+		}
 		return &Error{Code: CodeUnsupported, Message: fmt.Sprintf(
-			"CreateRemoteArchive: storage info %T is not supported; only S3 is", storageInfo)}
+			"CreateRemoteArchive: storage info %T is not supported; only S3 and OCI are", storageInfo)}
 	}
 	if s3.Bucket == "" || s3.Key == "" {
 		return invalid("CreateRemoteArchive: S3StorageInfo needs a Bucket and a Key")
@@ -103,6 +112,17 @@ func (ca *ClipArchiver) CreateRemoteArchive(storageInfo common.ClipStorageInfo, 
 	return call(func() C.int {
 		return C.clip_write_remote(cs.bytes(meta.Header.Path), cs.bytes(path), o)
 	})
+}
+
+// ociInfo returns the OCI storage info in si (a non-nil pointer or a value), or nil.
+func ociInfo(si common.ClipStorageInfo) *common.OCIStorageInfo {
+	switch s := si.(type) {
+	case *common.OCIStorageInfo:
+		return s
+	case common.OCIStorageInfo:
+		return &s
+	}
+	return nil
 }
 
 // s3Info returns the S3 storage info in si (a non-nil pointer or a value), or nil.

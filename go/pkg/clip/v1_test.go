@@ -170,7 +170,28 @@ func TestV1RemoteArchiveAndLocalOverride(t *testing.T) {
 	wantErr(t, "metadata not from ExtractMetadata", a.CreateRemoteArchive(&si, &common.ClipArchiveMetadata{}, rclip), ErrInvalid, "ExtractMetadata")
 	wantErr(t, "nil storage info", a.CreateRemoteArchive(nil, meta, rclip), ErrInvalid)
 	wantErr(t, "a nil *S3StorageInfo", a.CreateRemoteArchive((*common.S3StorageInfo)(nil), meta, rclip), ErrInvalid)
-	wantErr(t, "OCI storage info", a.CreateRemoteArchive(&common.OCIStorageInfo{}, meta, rclip), ErrUnsupported, "OCIStorageInfo")
+	// An OCI storage info round-trips through ExtractMetadata, as with the Go
+	// clip (beta9's cache reconciler test protects layers named this way).
+	oci := &common.OCIStorageInfo{
+		RegistryURL:             "registry.example:5000",
+		Repository:              "team/app",
+		Reference:               "sha256:" + strings.Repeat("1", 64),
+		Layers:                  []string{"sha256:" + strings.Repeat("2", 64)},
+		DecompressedHashByLayer: map[string]string{"sha256:active": strings.Repeat("a", 64)},
+		ImageMetadata:           &common.ImageMetadata{Env: []string{"A=1"}, Cmd: []string{"run"}, WorkingDir: "/app", Created: time.Date(2024, 3, 5, 7, 8, 9, 0, time.UTC)},
+	}
+	ociPath := filepath.Join(dir, "active.rclip")
+	if err := a.CreateRemoteArchive(oci, meta, ociPath); err != nil {
+		t.Fatal(err)
+	}
+	om, err := a.ExtractMetadata(ociPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok := om.StorageInfo.(common.OCIStorageInfo)
+	if !ok || !reflect.DeepEqual(&got, oci) {
+		t.Fatalf("ExtractMetadata of an OCI .rclip: %#v, want %#v", om.StorageInfo, oci)
+	}
 	wantErr(t, "no key", a.CreateRemoteArchive(&common.S3StorageInfo{Bucket: "b"}, meta, rclip), ErrInvalid, "Key")
 }
 
