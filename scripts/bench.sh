@@ -122,3 +122,8 @@ RUNS=$RUNS "$root/scripts/bench-abi.sh"
 # made by bench-mount.sh) beside `tar -I 'zstd -T0'` of it, mount ready, cold reads
 # and a chunk-size curve; (re)writes the section "## v1 archives (issue 10)".
 RUNS=$RUNS "$root/scripts/bench-v1.sh"
+
+# Archives of the Go clip (issue 12): mount ready and a cold python start for the Go
+# clip's v2 (indexed again) and v1 archives of the bench image beside ours;
+# (re)writes the section "## Go-clip archives (issue 12)".
+RUNS=$RUNS "$root/scripts/bench-goclip.sh"

@@ -304,6 +304,7 @@ impl Filesystem for ClipFs {
                 let mut attrs = vec![
                     ("storage_mode", store.image().archive().storage_kind()),
                     ("cache_result", if hit { "hit" } else { "miss" }),
+                    ("cached_locally", if hit { "true" } else { "false" }),
                     ("cache_tier", info.tier.name()),
                     ("fallback", if info.fallback { "true" } else { "false" }),
                     ("content_hash", key.as_str()),

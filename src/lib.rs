@@ -21,6 +21,8 @@
 //! - [`tree`]: the merged file tree, as stored in an archive and served by a mount.
 //! - [`archive`]: the `.clip` file format (see `docs/FORMAT.md`), writer and reader.
 //! - [`image`]: an opened archive bound to its layer sources: read files, extract.
+//! - [`goclip`]: archives written by the Go clip (gob format): a strict gob decoder,
+//!   and serving them through an [`image::Image`].
 //! - [`reference`]: image references (`host/repo:tag`, `@sha256:`, `oci:/dir:tag`).
 //! - [`registry`]: the OCI distribution API client (auth, retries, Range reads).
 //! - [`s3`]: the S3 client: uploading an archive, ranged reads of it

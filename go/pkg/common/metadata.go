@@ -79,6 +79,34 @@ type OCIStorageInfo struct {
 	// of the layer's whole decompressed tar stream, that is, its diff_id.
 	DecompressedHashByLayer map[string]string
 	ImageMetadata           *ImageMetadata `json:"ImageMetadata,omitempty"`
+	// GzipIdxByLayer and ZstdIdxByLayer are the Go clip's decompression
+	// checkpoints, set only for archives it wrote (offsets only: libclip serves those
+	// by indexing the image again). Our archives keep their checkpoints inside.
+	GzipIdxByLayer map[string]*GzipIndex
+	ZstdIdxByLayer map[string]*ZstdIndex
+}
+
+// GzipCheckpoint is one offset pair of the Go clip's gzip index.
+type GzipCheckpoint struct {
+	COff int64 // compressed offset
+	UOff int64 // uncompressed offset
+}
+
+// GzipIndex is the Go clip's gzip index of one layer.
+type GzipIndex struct {
+	LayerDigest string
+	Checkpoints []GzipCheckpoint
+}
+
+// ZstdFrame is one frame of the Go clip's zstd index.
+type ZstdFrame struct {
+	COff, CLen, UOff, ULen int64
+}
+
+// ZstdIndex is the Go clip's zstd index of one layer.
+type ZstdIndex struct {
+	LayerDigest string
+	Frames      []ZstdFrame
 }
 
 // Type returns "oci".

@@ -91,3 +91,17 @@ type PrepareProgress struct {
 	Total     int
 	Bytes     int64
 }
+
+// PrepareOptions are the options of a ContentPreparer: how many layers at once,
+// and a progress callback (called serially).
+type PrepareOptions struct {
+	Concurrency int
+	Progress    func(PrepareProgress)
+}
+
+// ContentPreparer is storage that can fetch all of its content ahead of reads.
+// clip.PrepareArchiveContent does this for index-only archives; the interface is
+// kept for code written against the Go clip's storage package.
+type ContentPreparer interface {
+	Prepare(ctx context.Context, opts PrepareOptions) error
+}
