@@ -12,12 +12,12 @@ import (
 	"github.com/beam-cloud/clip/go/pkg/common"
 )
 
-// ExtractMetadata reads the metadata of the archive at archivePath. Its StorageInfo
-// is a common.OCIStorageInfo value for an index-only archive, a
-// common.S3StorageInfo value for a v1 .rclip, and nil for a self-contained v1
-// archive. A file that is not a valid archive gives an
-// error matching ErrFormat (ErrVersion for another format version, such as an
-// archive of the Go clip) and common.ErrFileHeaderMismatch.
+// ExtractMetadata reads the metadata of the archive at archivePath, ours or one
+// the Go clip wrote (gob format). Its StorageInfo is a common.OCIStorageInfo value
+// for an index-only archive, a common.S3StorageInfo value for a v1 .rclip, and nil
+// for a self-contained v1 archive. A file that is not a valid archive gives an
+// error matching ErrFormat (ErrVersion for another format version) and
+// common.ErrFileHeaderMismatch.
 func (ca *ClipArchiver) ExtractMetadata(archivePath string) (*common.ClipArchiveMetadata, error) {
 	var cs cstrings
 	defer cs.free()

@@ -100,14 +100,26 @@ func TestBadInputs(t *testing.T) {
 		_, err = NewClipArchiver().ExtractMetadata(corrupt)
 		wantErr(t, "flipped byte", err, ErrFormat, corrupt)
 
-		// An archive of the Go clip: its start bytes share our magic's first 8.
+		// The header of an archive of the Go clip (its start bytes share our
+		// magic's first 8) with an empty index: read as a Go-clip archive, and
+		// refused (goclip_test.go has real ones); another Go-clip version is
+		// ErrVersion.
 		goClip := filepath.Join(dir, "go-clip-v1.clip")
 		header := append([]byte{0x89, 0x43, 0x4C, 0x49, 0x50, 0x0D, 0x0A, 0x1A, 0x0A, 0x01}, make([]byte, 256)...)
 		if err := os.WriteFile(goClip, header, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		_, err = NewClipArchiver().ExtractMetadata(goClip)
-		wantErr(t, "Go clip archive", err, ErrVersion, goClip)
+		wantErr(t, "Go clip archive with an empty index", err, ErrFormat, goClip, "index")
+		if !errors.Is(err, common.ErrFileHeaderMismatch) {
+			t.Fatalf("%v does not match common.ErrFileHeaderMismatch", err)
+		}
+		header[9] = 2
+		if err := os.WriteFile(goClip, header, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err = NewClipArchiver().ExtractMetadata(goClip)
+		wantErr(t, "Go clip archive of version 2", err, ErrVersion, goClip)
 		if !errors.Is(err, common.ErrFileHeaderMismatch) {
 			t.Fatalf("%v does not match common.ErrFileHeaderMismatch", err)
 		}
