@@ -346,3 +346,70 @@ fn corrupt_and_truncated_go_clip_archives_fail_clearly() {
         "{err}"
     );
 }
+
+#[test]
+fn random_mutations_of_a_go_clip_archive_never_panic() {
+    let d = tmp("clip-goclip-fuzz-");
+    let src = d.path().join("src");
+    fs::create_dir_all(src.join("a/b")).unwrap();
+    fs::write(src.join("a/one"), b"1").unwrap();
+    fs::write(src.join("a/b/two"), pseudo_random_bytes(3, 70_000)).unwrap();
+    fs::write(src.join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("a/one", src.join("l")).unwrap();
+    let archive = d.path().join("t.clip");
+    goclip_v1(&src, &archive);
+    let good = fs::read(&archive).unwrap();
+    let index_pos = u64::from_le_bytes(good[18..26].try_into().unwrap()) as usize;
+    let opts = clip::image::SourceOptions {
+        goclip_dir: Some(d.path().join("conv")),
+        ..Default::default()
+    };
+    let bad = d.path().join("m.clip");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..20_000 {
+        let mut b = good.clone();
+        for _ in 0..1 + next() % 4 {
+            // Mostly the header and the index, where the decoder works.
+            let r = next() as usize;
+            let i = match r % 4 {
+                0 => r / 4 % 54,
+                1 => r / 4 % good.len(),
+                _ => index_pos + r / 4 % (good.len() - index_pos),
+            };
+            b[i] = match next() % 3 {
+                0 => b[i] ^ (1 << (next() % 8)),
+                1 => next() as u8,
+                _ => [0, 0x7f, 0x80, 0xff][next() as usize % 4],
+            };
+        }
+        if next() % 8 == 0 {
+            b.truncate(next() as usize % b.len());
+        }
+        fs::write(&bad, &b).unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            clip::goclip::read(&bad)
+                .and_then(|g| g.tree().map(|_| ()))
+                .and_then(|_| clip::image::Image::open(&bad, &opts).map(|_| ()))
+        }));
+        match r {
+            Ok(Ok(())) => accepted += 1,
+            Ok(Err(e)) => {
+                assert!(
+                    e.to_string().contains("m.clip"),
+                    "an error not naming the archive: {e}"
+                );
+                refused += 1
+            }
+            Err(_) => panic!("a panic on a mutated archive (saved at {})", bad.display()),
+        }
+    }
+    eprintln!("{accepted} mutated archives accepted (their bytes verified), {refused} refused");
+    assert!(refused > 16_000, "only {refused} of 20000 refused");
+}

@@ -16,7 +16,7 @@ pub struct clip_archive {
 
 /// Our archive, or one of the Go clip.
 enum Opened {
-    Clip(Archive),
+    Clip(Box<Archive>),
     Go(Box<crate::goclip::GoArchive>),
 }
 
@@ -38,7 +38,7 @@ pub extern "C" fn clip_archive_open(out: *mut *mut clip_archive, path: *const c_
         let archive = if crate::goclip::is_goclip_file(path) {
             Opened::Go(Box::new(crate::goclip::read(path)?))
         } else {
-            Opened::Clip(crate::archive::read(path)?)
+            Opened::Clip(Box::new(crate::archive::read(path)?))
         };
         write_out(out, Box::into_raw(Box::new(clip_archive { archive })));
         Ok(())

@@ -178,6 +178,20 @@ impl<'a> Reader<'a> {
 
 /// Decodes the one top-level value of a gob stream.
 pub fn decode(stream: &[u8]) -> Result<Value> {
+    decode_top(stream, None)
+}
+
+/// Decodes a gob stream whose top-level value is a slice, handing each element to
+/// `each` as it is decoded instead of building the list (an index of a million
+/// nodes is converted node by node).
+pub fn decode_each(stream: &[u8], each: &mut dyn FnMut(Value) -> Result<()>) -> Result<()> {
+    decode_top(stream, Some(each)).map(|_| ())
+}
+
+fn decode_top(
+    stream: &[u8],
+    mut each: Option<&mut dyn FnMut(Value) -> Result<()>>,
+) -> Result<Value> {
     let mut r = Reader {
         buf: stream,
         pos: 0,
@@ -214,13 +228,31 @@ pub fn decode(stream: &[u8]) -> Result<Value> {
         }
         let d = Decoder { types: &types };
         d.check_defined(&r, id)?;
-        let v = match types.get(&id) {
-            Some(WireType::Struct { .. }) => d.value(&mut r, id, 0)?,
-            _ => {
+        let v = match (types.get(&id), each.as_mut()) {
+            (Some(WireType::Struct { .. }), None) => d.value(&mut r, id, 0)?,
+            (Some(WireType::Struct { .. }), Some(_)) => return r.err("a struct, not a list"),
+            (t, each) => {
                 if r.uint()? != 0 {
                     return r.err("a non-zero delta before a singleton value");
                 }
-                d.value(&mut r, id, 0)?
+                match (t, each) {
+                    (_, None) => d.value(&mut r, id, 0)?,
+                    (Some(WireType::Slice { elem }), Some(f)) => {
+                        let n = r.count(1)?;
+                        for _ in 0..n {
+                            let at = r.pos;
+                            let v = d.value(&mut r, *elem, 1)?;
+                            f(v).map_err(|mut e| {
+                                if e.offset == 0 {
+                                    e.offset = at;
+                                }
+                                e
+                            })?;
+                        }
+                        Value::List(Vec::new())
+                    }
+                    (_, Some(_)) => return r.err("not a list"),
+                }
             }
         };
         if r.pos != r.end {
@@ -426,7 +458,7 @@ impl Decoder<'_> {
                 None => return r.err(format!("type id {id} is not defined")),
                 Some(WireType::Slice { elem }) => {
                     let n = r.count(1)?;
-                    let mut v = Vec::with_capacity(n);
+                    let mut v = Vec::with_capacity(n.min(4096));
                     for _ in 0..n {
                         v.push(self.value(r, *elem, depth + 1)?);
                     }
@@ -437,7 +469,7 @@ impl Decoder<'_> {
                     if n as u64 != *len {
                         return r.err(format!("an array of {n} elements for a [{len}] type"));
                     }
-                    let mut v = Vec::with_capacity(n);
+                    let mut v = Vec::with_capacity(n.min(4096));
                     for _ in 0..n {
                         v.push(self.value(r, *elem, depth + 1)?);
                     }
@@ -445,7 +477,7 @@ impl Decoder<'_> {
                 }
                 Some(WireType::Map { key, elem }) => {
                     let n = r.count(2)?;
-                    let mut v = Vec::with_capacity(n);
+                    let mut v = Vec::with_capacity(n.min(4096));
                     for _ in 0..n {
                         let k = self.value(r, *key, depth + 1)?;
                         let e = self.value(r, *elem, depth + 1)?;

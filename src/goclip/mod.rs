@@ -336,80 +336,96 @@ impl Fields<'_> {
 }
 
 fn decode_index(index: &[u8]) -> Result<Vec<Node>> {
-    let v = gob::decode(index).map_err(gob_err("index"))?;
-    let Value::List(items) = v else {
-        return Err(Error::format("index: not a list of nodes"));
-    };
-    let mut nodes = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let what = format!("index node {i}");
-        let f = Fields::of(item, &what)?;
-        f.only(&[
-            "NodeType",
-            "Path",
-            "Attr",
-            "Target",
-            "ContentHash",
-            "DataPos",
-            "DataLen",
-            "Remote",
-        ])?;
-        let path = f.bytes("Path")?;
-        let what = format!("index node {}", String::from_utf8_lossy(&path));
-        let f = Fields {
-            v: item,
-            what: &what,
-        };
-        let node_type = match f.bytes("NodeType")?.as_slice() {
-            b"dir" => NodeType::Dir,
-            b"file" => NodeType::File,
-            b"symlink" => NodeType::Symlink,
-            other => {
-                return Err(Error::format(format!(
-                    "{what}: unknown node type {:?}",
-                    String::from_utf8_lossy(other)
-                )));
-            }
-        };
-        let empty = Value::Struct(Vec::new());
-        let attr_v = item.field("Attr").unwrap_or(&empty);
-        let aw = format!("{what}: Attr");
-        let a = Fields::of(attr_v, &aw)?;
-        let owner_v = attr_v.field("Owner").unwrap_or(&empty);
-        let ow = format!("{what}: Attr.Owner");
-        let o = Fields::of(owner_v, &ow)?;
-        let u32max = u32::MAX as u64;
-        let remote = match item.field("Remote") {
-            None => None,
-            Some(r) => {
-                let rw = format!("{what}: Remote");
-                let r = Fields::of(r, &rw)?;
-                r.only(&["LayerDigest", "UOffset", "ULength"])?;
-                Some(RemoteRef {
-                    layer_digest: r.string("LayerDigest")?,
-                    offset: r.int("UOffset")?,
-                    length: r.int("ULength")?,
-                })
-            }
-        };
-        nodes.push(Node {
-            node_type,
-            mode: a.uint("Mode", u32max)? as u32,
-            uid: o.uint("Uid", u32max)? as u32,
-            gid: o.uint("Gid", u32max)? as u32,
-            size: a.uint("Size", u64::MAX)?,
-            mtime: a.uint("Mtime", u64::MAX)?,
-            mtime_nsec: a.uint("Mtimensec", 999_999_999)? as u32,
-            nlink: a.uint("Nlink", u32max)? as u32,
-            target: f.bytes("Target")?,
-            content_hash: f.string("ContentHash")?,
-            data_pos: f.int("DataPos")?,
-            data_len: f.int("DataLen")?,
-            remote,
-            path,
-        });
+    let mut nodes = Vec::new();
+    let mut failed: Option<Error> = None;
+    let r = gob::decode_each(index, &mut |item| match node_of(&item, nodes.len()) {
+        Ok(n) => {
+            nodes.push(n);
+            Ok(())
+        }
+        Err(e) => {
+            failed = Some(e);
+            Err(gob::GobError {
+                offset: 0,
+                what: "stopped".into(),
+            })
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
     }
+    r.map_err(gob_err("index"))?;
     Ok(nodes)
+}
+
+/// One `ClipNode` of the index (the `i`th).
+fn node_of(item: &Value, i: usize) -> Result<Node> {
+    let what = format!("index node {i}");
+    let f = Fields::of(item, &what)?;
+    f.only(&[
+        "NodeType",
+        "Path",
+        "Attr",
+        "Target",
+        "ContentHash",
+        "DataPos",
+        "DataLen",
+        "Remote",
+    ])?;
+    let path = f.bytes("Path")?;
+    let what = format!("index node {}", String::from_utf8_lossy(&path));
+    let f = Fields {
+        v: item,
+        what: &what,
+    };
+    let node_type = match f.bytes("NodeType")?.as_slice() {
+        b"dir" => NodeType::Dir,
+        b"file" => NodeType::File,
+        b"symlink" => NodeType::Symlink,
+        other => {
+            return Err(Error::format(format!(
+                "{what}: unknown node type {:?}",
+                String::from_utf8_lossy(other)
+            )));
+        }
+    };
+    let empty = Value::Struct(Vec::new());
+    let attr_v = item.field("Attr").unwrap_or(&empty);
+    let aw = format!("{what}: Attr");
+    let a = Fields::of(attr_v, &aw)?;
+    let owner_v = attr_v.field("Owner").unwrap_or(&empty);
+    let ow = format!("{what}: Attr.Owner");
+    let o = Fields::of(owner_v, &ow)?;
+    let u32max = u32::MAX as u64;
+    let remote = match item.field("Remote") {
+        None => None,
+        Some(r) => {
+            let rw = format!("{what}: Remote");
+            let r = Fields::of(r, &rw)?;
+            r.only(&["LayerDigest", "UOffset", "ULength"])?;
+            Some(RemoteRef {
+                layer_digest: r.string("LayerDigest")?,
+                offset: r.int("UOffset")?,
+                length: r.int("ULength")?,
+            })
+        }
+    };
+    Ok(Node {
+        node_type,
+        mode: a.uint("Mode", u32max)? as u32,
+        uid: o.uint("Uid", u32max)? as u32,
+        gid: o.uint("Gid", u32max)? as u32,
+        size: a.uint("Size", u64::MAX)?,
+        mtime: a.uint("Mtime", u64::MAX)?,
+        mtime_nsec: a.uint("Mtimensec", 999_999_999)? as u32,
+        nlink: a.uint("Nlink", u32max)? as u32,
+        target: f.bytes("Target")?,
+        content_hash: f.string("ContentHash")?,
+        data_pos: f.int("DataPos")?,
+        data_len: f.int("DataLen")?,
+        remote,
+        path,
+    })
 }
 
 fn decode_storage(info: &[u8], header_type: &str) -> Result<(Storage, Option<serde_json::Value>)> {
