@@ -40,7 +40,7 @@ for i in $(seq "$RUNS"); do
   python3 -c "print('cli_mount_ready', ($e - $m) * 1000, 'ms')" >> "$work/cli.$i.out"
 done
 
-python3 - "$work" "$root/BENCHMARKS.md" "$RUNS" <<'PY'
+PYTHONPATH="$root/scripts" python3 - "$work" "$root/BENCHMARKS.md" "$RUNS" <<'PY'
 import glob, re, statistics, sys
 work, md_path, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 c = {}
@@ -73,9 +73,6 @@ cols = ["measure", "value", "beside it (same run)"]
 table = ["| " + " | ".join(cols) + " |", "|---|---|---|"] + ["| " + " | ".join(r) + " |" for r in rows]
 section = ["## C ABI and Go (issue 6)", "", head, "", *table, ""]
 print(head); print(); print("\n".join(table))
-old = open(md_path).read()
-before, _, after = old.partition("\n## C ABI and Go (issue 6)")
-nxt = after.find("\n## ")
-rest = after[nxt:] if after and nxt >= 0 else ""
-open(md_path, "w").write(before.rstrip("\n") + "\n\n" + "\n".join(section) + rest)
+from bench_md import write_section
+write_section(md_path, section)
 PY

@@ -88,7 +88,7 @@ for _ in $(seq "$RUNS"); do
   run ours-v1 "$g/ours-v1.clip" "$g/c4" >> "$results"
   run go-v1 "$g/go-v1.clip" "$g/c5" >> "$results"
 done
-python3 - "$results" "$root/BENCHMARKS.md" "$RUNS" "$g" <<'PY'
+PYTHONPATH="$root/scripts" python3 - "$results" "$root/BENCHMARKS.md" "$RUNS" "$g" <<'PY'
 import os, statistics, sys
 results, md_path, runs, g = sys.argv[1:5]
 rows = {}
@@ -117,14 +117,6 @@ head = (f"Archives the pinned Go clip wrote (tests/goclip-gen) of the bench imag
         f"each layer read once from its start; the result is kept in the cache dir (`goclip/`) and reused.")
 section = ["## Go-clip archives (issue 12)", "", head, "", *table, ""]
 print(head); print(); print("\n".join(table))
-try:
-    old = open(md_path).read()
-except FileNotFoundError:
-    old = "# Benchmarks\n\n"
-before, _, after = old.partition("\n## Go-clip archives (issue 12)")
-rest = ""
-if after:
-    nxt = after.find("\n## ")
-    rest = after[nxt:] if nxt >= 0 else ""
-open(md_path, "w").write(before.rstrip("\n") + "\n\n" + "\n".join(section) + rest)
+from bench_md import write_section
+write_section(md_path, section)
 PY

@@ -52,7 +52,7 @@ t_skopeo=$(time_runs skopeo copy -q --src-tls-verify=false "docker://$host/bench
 # A small file in the largest layer, read cold (no span cache involved: `cat`).
 file=/usr/lib/python3.11/os.py
 "$clipctl" cat "$reg/r.clip" "$file" --stats 2>"$reg/cat.stats" >/dev/null
-python3 - "$reg" "$root/BENCHMARKS.md" "$file" <<PY
+PYTHONPATH="$root/scripts" python3 - "$reg" "$root/BENCHMARKS.md" "$file" <<PY
 import json, subprocess, sys
 reg, md_path, path = sys.argv[1:4]
 RUNS = $RUNS
@@ -80,14 +80,6 @@ cols = ["measure", "clip", "baseline (same run)", "aim", "aim met"]
 table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(r) + " |" for r in rows]
 section = ["## Registry (issue 5)", "", head, "", *table, ""]
 print(head); print(); print("\n".join(table))
-try:
-    old = open(md_path).read()
-except FileNotFoundError:
-    old = "# Benchmarks\n\n"
-before, _, after = old.partition("\n## Registry (issue 5)")
-rest = ""
-if after:
-    nxt = after.find("\n## ")
-    rest = after[nxt:] if nxt >= 0 else ""
-open(md_path, "w").write(before.rstrip("\n") + "\n\n" + "\n".join(section) + rest)
+from bench_md import write_section
+write_section(md_path, section)
 PY

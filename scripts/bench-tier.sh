@@ -93,7 +93,7 @@ for r in $(seq "$RUNS"); do
   echo "first $(worker first "run$r")" >> "$results"
   echo "second $(worker second "run$r")" >> "$results"
 done
-python3 - "$results" "$root/BENCHMARKS.md" "$RUNS" "$clip" "$clipctl" <<'PY'
+PYTHONPATH="$root/scripts" python3 - "$results" "$root/BENCHMARKS.md" "$RUNS" "$clip" "$clipctl" <<'PY'
 import json, statistics, subprocess, sys
 results, md_path, runs, clip, clipctl = sys.argv[1:6]
 rows = {"first": [], "second": []}
@@ -124,14 +124,6 @@ head = (f"The bench image in docker-registry on 127.0.0.1 and a shared content t
         f"a registry in another region would be spared.")
 section = ["## Shared tier (issue 11)", "", head, "", *table, ""]
 print(head); print(); print("\n".join(table))
-try:
-    old = open(md_path).read()
-except FileNotFoundError:
-    old = "# Benchmarks\n\n"
-before, _, after = old.partition("\n## Shared tier (issue 11)")
-rest = ""
-if after:
-    nxt = after.find("\n## ")
-    rest = after[nxt:] if nxt >= 0 else ""
-open(md_path, "w").write(before.rstrip("\n") + "\n\n" + "\n".join(section) + rest)
+from bench_md import write_section
+write_section(md_path, section)
 PY

@@ -313,7 +313,7 @@ BV_RUNS=$RUNS BV_FOREIGN_DROPS=$foreign_drops BV_READY_RUNS=$READY_RUNS BV_LOAD=
 BV_INODES=$tree_inodes BV_BYTES=$tree_bytes BV_SMALL=$SMALL BV_TINY=$TINY BV_CHUNKS=$CHUNKS \
 BV_SMALL_SIZE=$(stat -c %s "$native/$SMALL") BV_TINY_SIZE=$(stat -c %s "$native/$TINY") \
 BV_ZSTD=$(zstd --version | head -1) BV_TAR=$(tar --version | head -1) \
-python3 - "$samples" "$v/inspect.json" "$work/v1-results.json" "$root/BENCHMARKS.md" <<'PY'
+PYTHONPATH="$root/scripts" python3 - "$samples" "$v/inspect.json" "$work/v1-results.json" "$root/BENCHMARKS.md" <<'PY'
 import json, os, statistics, subprocess, sys
 samples, inspect, out, md_path = sys.argv[1:5]
 env = os.environ
@@ -424,14 +424,6 @@ if noisy:
 section = ["## v1 archives (issue 10)", "", head, "", *table, "", "Chunk size (`clipctl archive --chunk-size`): "
            "what it trades, same tree, same run.", "", *ctable, "", *notes, ""]
 print(head); print(); print("\n".join(table)); print(); print("\n".join(ctable)); print(); print("\n".join(notes))
-try:
-    old = open(md_path).read()
-except FileNotFoundError:
-    old = "# Benchmarks\n\n"
-before, _, after = old.partition("\n## v1 archives (issue 10)")
-rest = ""
-if after:
-    nxt = after.find("\n## ")
-    rest = after[nxt:] if nxt >= 0 else ""
-open(md_path, "w").write(before.rstrip("\n") + "\n\n" + "\n".join(section) + rest)
+from bench_md import write_section
+write_section(md_path, section)
 PY

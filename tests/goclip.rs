@@ -8,20 +8,10 @@
 mod util;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use util::*;
-
-/// The tricky fixture tree unpacked by umoci, minus its FIFOs and sockets (the
-/// Go clip's v1 hangs on a FIFO).
-fn tricky_rootfs_for_go(d: &Path) -> PathBuf {
-    let layout = d.join("layout");
-    tricky_layout(&layout, "t");
-    let rootfs = umoci_unpack(&layout, "t", &d.join("bundle"));
-    remove_fifos_and_sockets(&rootfs);
-    rootfs
-}
 
 /// Compares a tree served from a Go-clip v1 archive with its source, in what the
 /// Go clip keeps: types, contents, symlink targets, owners, mtimes and `mode &

@@ -8,21 +8,10 @@ mod util;
 
 use std::fs;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 use util::*;
-
-/// The tricky fixture tree unpacked by umoci, minus its FIFOs and sockets (Go
-/// clip v1 hangs on a FIFO).
-fn tricky_rootfs_for_go(d: &Path) -> PathBuf {
-    let layout = d.join("layout");
-    tricky_layout(&layout, "t");
-    let rootfs = umoci_unpack(&layout, "t", &d.join("bundle"));
-    let removed = remove_fifos_and_sockets(&rootfs);
-    eprintln!("removed for Go clip v1: {removed:?}");
-    rootfs
-}
 
 /// CRC-64/ISO as Go's `hash/crc64` with `crc64.ISO` computes it.
 fn crc64_iso(data: &[u8]) -> u64 {

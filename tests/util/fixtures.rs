@@ -388,9 +388,15 @@ pub fn tricky_layers() -> Vec<(Vec<u8>, Compression)> {
 /// Writes [`tricky_layers`] as one OCI image tagged `tag` into a new layout at
 /// `dir` (with some config: Env, Cmd, Entrypoint, User, WorkingDir, Labels).
 pub fn tricky_layout(dir: &Path, tag: &str) -> ImageInfo {
+    tricky_layout_as(dir, tag, None)
+}
+
+/// [`tricky_layout`] with every layer compressed as `all` (`None`: each layer its
+/// own compression).
+pub fn tricky_layout_as(dir: &Path, tag: &str, all: Option<Compression>) -> ImageInfo {
     let mut lb = LayoutBuilder::new(dir);
     for (tar, c) in tricky_layers() {
-        lb.add_layer(&tar, c);
+        lb.add_layer(&tar, all.unwrap_or(c));
     }
     lb.image_mut()
         .env("CLIP_TEST=tricky")

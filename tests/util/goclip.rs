@@ -275,16 +275,16 @@ pub fn goclip_node_path(node: &Value) -> std::ffi::OsString {
 /// (what Go clip v2 can index), tagged `tag` in a new layout at `dir`, with the
 /// same config as [`tricky_layout`](super::fixtures::tricky_layout).
 pub fn tricky_gzip_layout(dir: &Path, tag: &str) -> ImageInfo {
-    let mut lb = LayoutBuilder::new(dir);
-    for (tar, _) in tricky_layers() {
-        lb.add_layer(&tar, Compression::Gzip);
-    }
-    lb.image_mut()
-        .env("CLIP_TEST=tricky")
-        .entrypoint(&["/bin/sh", "-c"])
-        .cmd(&["echo hello"])
-        .user("1000:1000")
-        .working_dir("/tmp")
-        .label("org.example.fixture", "tricky");
-    lb.write_image(Some(tag))
+    super::fixtures::tricky_layout_as(dir, tag, Some(Compression::Gzip))
+}
+
+/// The tricky fixture tree unpacked by umoci under `d`, minus its FIFOs and
+/// sockets (the Go clip's v1 hangs on a FIFO).
+pub fn tricky_rootfs_for_go(d: &Path) -> PathBuf {
+    let layout = d.join("layout");
+    super::fixtures::tricky_layout(&layout, "t");
+    let rootfs = super::tools::umoci_unpack(&layout, "t", &d.join("bundle"));
+    let removed = remove_fifos_and_sockets(&rootfs);
+    eprintln!("removed for Go clip v1: {removed:?}");
+    rootfs
 }
