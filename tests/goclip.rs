@@ -91,17 +91,53 @@ fn v1_archive_of_the_go_clip_is_served() {
     let o = ok(clipctl().arg("ls").arg(&archive).arg("/").arg("-R"));
     assert!(!o.stdout.is_empty());
     let out = d.path().join("out");
-    ok(clipctl().arg("extract").arg(&archive).arg(&out));
+    ok(clipctl()
+        .env("CLIP_CACHE_DIR", d.path().join("cache-x"))
+        .arg("extract")
+        .arg(&archive)
+        .arg(&out));
     assert_same_as_go_kept(&out, &src, "extract of a Go-clip v1");
 
-    let m = Mounted::with_args(
-        &archive,
-        &d.path().join("mnt"),
-        &d.path().join("cache"),
-        &[],
-    );
+    let cache = d.path().join("cache");
+    let m = Mounted::with_args(&archive, &d.path().join("mnt"), &cache, &[]);
     assert_same_as_go_kept(&m.dir, &src, "mount of a Go-clip v1");
     m.unmount();
+    // The verified span index is kept: the next mount skips the pass, and serves
+    // the same.
+    let kept = |ext: &str| {
+        fs::read_dir(cache.join("goclip"))
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == ext))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(kept("verified"), 1);
+    let m = Mounted::with_args(&archive, &d.path().join("mnt2"), &cache, &[]);
+    assert_same_as_go_kept(&m.dir, &src, "second mount of a Go-clip v1");
+    m.unmount();
+    assert_eq!(kept("verified"), 1);
+    // A changed data byte: verified again (the file's change time moved), refused.
+    let mut b = fs::read(&archive).unwrap();
+    let meta = goclip_meta(&archive);
+    let f = meta["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["NodeType"] == "file" && n["Size"].as_u64() > Some(0))
+        .expect("a file")
+        .clone();
+    b[f["DataPos"].as_u64().unwrap() as usize] ^= 0x20;
+    fs::write(&archive, &b).unwrap();
+    let err = fails(
+        clipctl()
+            .arg("cat")
+            .arg(&archive)
+            .arg(goclip_node_path(&f))
+            .env("CLIP_CACHE_DIR", &cache),
+    );
+    assert!(err.contains("ContentHash"), "{err}");
 }
 
 #[test]
@@ -153,7 +189,8 @@ fn rclip_of_the_go_clip_is_served_from_s3() {
     fs::copy(s3.root().join("images/tricky/t.clip"), &full).unwrap();
     let out = d.path().join("out");
     let mut cmd = clipctl();
-    cmd.arg("extract")
+    cmd.env("CLIP_CACHE_DIR", d.path().join("cache-x"))
+        .arg("extract")
         .arg(&rclip)
         .arg(&out)
         .arg("--data-archive")
@@ -328,7 +365,13 @@ fn corrupt_and_truncated_go_clip_archives_fail_clearly() {
     let pos = big["DataPos"].as_u64().unwrap() as usize;
     b[pos + 1000] ^= 0x55;
     fs::write(&bad, &b).unwrap();
-    let o = run_bounded(clipctl().arg("cat").arg(&bad).arg("/a.txt"));
+    let o = run_bounded(
+        clipctl()
+            .env("CLIP_CACHE_DIR", d.path().join("cache-x"))
+            .arg("cat")
+            .arg(&bad)
+            .arg("/a.txt"),
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(

@@ -3,10 +3,13 @@
 //!
 //! - **v1 `.clip`** (data inside): the archive file itself is the one data layer,
 //!   read as a plain (uncompressed) stream: files point at their data blocks. One
-//!   pass over the data at open computes the span hashes every read is verified
-//!   against, and checks each file against the sha256 `ContentHash` the Go clip
-//!   recorded (or the block's CRC-64 where it recorded none), so a corrupt archive
-//!   fails at open, naming the file, instead of serving bad bytes.
+//!   pass over the data at the first open computes the span hashes every read is
+//!   verified against, and checks each file against the sha256 `ContentHash` the Go
+//!   clip recorded (or the block's CRC-64 where it recorded none), so a corrupt
+//!   archive fails at open, naming the file, instead of serving bad bytes. The span
+//!   hashes are kept in the conversion directory (`<id>.verified`, named by the
+//!   archive and the data file's device, inode, size and change time), so later
+//!   opens of the unchanged file skip the pass.
 //! - **v1 `.rclip`**: the full `.clip` it names in S3 (or the one the caller
 //!   gives) is downloaded once into the conversion directory, as the Go clip did
 //!   with a cache path, then served as above.
@@ -47,12 +50,12 @@ pub fn open_image(path: &Path, opts: &SourceOptions) -> Result<Image> {
         .clone()
         .unwrap_or_else(|| crate::mount::default_cache_dir().join("goclip"));
     let r = match &go.storage {
-        Storage::Local => v1_image(&go, path, path),
+        Storage::Local => v1_image(&go, path, path, &dir),
         Storage::S3(s) => match &opts.data_archive {
-            Some(full) => v1_image(&go, path, full),
+            Some(full) => v1_image(&go, path, full, &dir),
             None => {
                 let data = download(&go, s, opts, &dir)?;
-                v1_image(&go, path, &data).inspect_err(|_| {
+                v1_image(&go, path, &data, &dir).inspect_err(|_| {
                     // A corrupt download is not kept.
                     let _ = std::fs::remove_file(&data);
                 })
@@ -77,11 +80,21 @@ fn data_end(go: &GoArchive, archive: &Path, data: &Path) -> Result<u64> {
     Ok(super::read(data)?.index_pos)
 }
 
-fn v1_image(go: &GoArchive, archive: &Path, data: &Path) -> Result<Image> {
+fn v1_image(go: &GoArchive, archive: &Path, data: &Path, dir: &Path) -> Result<Image> {
     let end = data_end(go, archive, data)?;
     let file = std::fs::File::open(data).ctx("opening", data)?;
     let tree = go.tree()?;
-    let codec = verify_and_index(go, &file, data, end)?;
+    let sidecar = verified_path(go, &file, data, dir)?;
+    let codec = match sidecar.as_deref().and_then(|p| load_verified(p, end)) {
+        Some(c) => c,
+        None => {
+            let c = verify_and_index(go, &file, data, end)?;
+            if let Some(p) = &sidecar {
+                store_verified(p, &c, dir);
+            }
+            c
+        }
+    };
     let id = Digest::from_bytes(go.id);
     let a = Archive {
         meta: Meta {
@@ -109,6 +122,92 @@ fn v1_image(go: &GoArchive, archive: &Path, data: &Path) -> Result<Image> {
     };
     let src = FileSource::window(file, data, 0, end);
     Image::new(a, vec![Arc::new(src) as Arc<dyn RangeSource>])
+}
+
+/// Where the span index of a verified v1 data file is kept: named by the Go
+/// archive and by the data file's device, inode, size and change time, so a file
+/// replaced or changed in place is verified again. `None` if the file cannot be
+/// identified.
+fn verified_path(
+    go: &GoArchive,
+    file: &std::fs::File,
+    data: &Path,
+    dir: &Path,
+) -> Result<Option<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata().ctx("reading metadata of", data)?;
+    let mut h = sha2::Sha256::new();
+    h.update(go.id);
+    for v in [
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.ctime() as u64,
+        m.ctime_nsec() as u64,
+    ] {
+        h.update(v.to_le_bytes());
+    }
+    Ok(Some(
+        dir.join(format!("{}.verified", hex::encode(h.finalize()))),
+    ))
+}
+
+/// The span index kept at `p` for a data region of `end` bytes, if it is there and
+/// well formed (anything else: verify again).
+fn load_verified(p: &Path, end: u64) -> Option<crate::codec::CodecIndex> {
+    use crate::codec::{Checkpoint, CheckpointKind, CodecIndex, Span};
+    let b = std::fs::read(p).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+    if v["version"] != 1 || v["size"].as_u64()? != end {
+        return None;
+    }
+    let mut c = CodecIndex {
+        uncompressed_size: end,
+        ..Default::default()
+    };
+    for cp in v["checkpoints"].as_array()? {
+        let o = cp.as_u64()?;
+        c.checkpoints.push(Checkpoint {
+            in_offset: o,
+            bits: 0,
+            out_offset: o,
+            kind: CheckpointKind::Start,
+            window: None,
+        });
+    }
+    for sp in v["spans"].as_array()? {
+        let sp = sp.as_array()?;
+        let hash: [u8; 32] = hex::decode(sp.get(2)?.as_str()?).ok()?.try_into().ok()?;
+        c.spans.push(Span {
+            out_offset: sp.first()?.as_u64()?,
+            checkpoint: u32::try_from(sp.get(1)?.as_u64()?).ok()?,
+            hash,
+        });
+    }
+    c.validate(end).ok()?;
+    touch(p);
+    Some(c)
+}
+
+/// Keeps the span index of a verified data file (best effort).
+fn store_verified(p: &Path, c: &crate::codec::CodecIndex, dir: &Path) {
+    let doc = serde_json::json!({
+        "version": 1,
+        "size": c.uncompressed_size,
+        "checkpoints": c.checkpoints.iter().map(|cp| cp.in_offset).collect::<Vec<_>>(),
+        "spans": c.spans.iter().map(|s| serde_json::json!([s.out_offset, s.checkpoint, hex::encode(s.hash)])).collect::<Vec<_>>(),
+    });
+    let r = std::fs::create_dir_all(dir).and_then(|_| {
+        let mut t = tempfile::Builder::new()
+            .prefix(".tmp-goclip-")
+            .tempfile_in(dir)?;
+        t.write_all(doc.to_string().as_bytes())?;
+        t.persist(p).map_err(|e| e.error)?;
+        Ok(())
+    });
+    if let Err(e) = r {
+        tracing::warn!(path = %p.display(), error = %e, "could not keep the span index of a verified Go-clip archive");
+    }
 }
 
 /// CRC-64/ISO as Go's `hash/crc64` computes it.
