@@ -1347,6 +1347,8 @@ int clip_write_remote(const char *archive_path,
 /**
  * Reads and validates the archive at `path`.
  *
+ * Archives of the Go clip (gob format) are read too (see `clip_archive_info`).
+ *
  * Returns: 0; `CLIP_EINVALID` for a NULL argument; `CLIP_ENOTFOUND` if `path`
  * does not exist; `CLIP_EFORMAT` for a file that is not a valid archive (the
  * message says what is wrong); `CLIP_EVERSION` for an archive format version this
@@ -1375,6 +1377,12 @@ int clip_archive_open(struct clip_archive **out, const char *path);
  *
  * `registry`, `repository` and `reference` are empty when the archive records no
  * registry to fetch from. Keys may be added in later versions.
+ *
+ * An archive of the Go clip has `"format_version": 0` and a `"goclip"` object:
+ * `{"format_version": 1, "storage_type": "" | "s3" | "oci", "storage": {...}}`,
+ * `storage` being its storage info with the Go clip's field names (`RegistryURL`,
+ * `Repository`, `Reference`, `Layers`, `DecompressedHashByLayer`, `ImageMetadata`,
+ * or `Bucket`, `Key`, ...), as its `ExtractMetadata` returned it.
  *
  * Returns: 0, or `CLIP_EINVALID` for a NULL argument.
  * Ownership: `*out` belongs to the caller; free it with `clip_string_free`.
