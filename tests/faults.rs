@@ -287,6 +287,39 @@ fn lazy_reads_refetch_a_span_corrupted_in_flight_then_fail() {
 }
 
 #[test]
+fn mounted_reads_refetch_spans_corrupted_in_flight() {
+    require_fuse();
+    let s = setup("corrupt-mount");
+    // Every 2nd blob range corrupted: the mount's span cache (Store) writes each
+    // span file again from its start, and serves the right bytes.
+    let proxy = Proxy::with_faults(
+        &s.reg.host(),
+        false,
+        Faults {
+            corrupt_every: 2,
+            corrupt_at: 1000,
+            only: Some("/blobs/"),
+            ..Faults::default()
+        },
+    );
+    let archive = archive_via(&s, &proxy, "mount");
+    let d = s.dir.path();
+    let m = Mounted::with_args(&archive, &d.join("mnt"), &d.join("cache"), &[]);
+    let t = Instant::now();
+    for (path, want) in tree_files() {
+        let got = std::fs::read(m.dir.join(&path[1..])).unwrap();
+        assert!(got == want, "{path} differs");
+    }
+    let took = t.elapsed();
+    assert!(proxy.injected() >= 3, "{}", proxy.injected());
+    eprintln!(
+        "FAULT corrupt byte in every 2nd span range, mounted (x{}): tree read {took:?}",
+        proxy.injected()
+    );
+    m.unmount();
+}
+
+#[test]
 fn stalled_bodies_are_abandoned_within_seconds() {
     let s = setup("stall");
     let base = s.baseline();
