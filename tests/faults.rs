@@ -365,6 +365,29 @@ fn stalled_bodies_are_abandoned_within_seconds() {
     );
     assert!(took < Duration::from_secs(9), "cat took {took:?}");
     eprintln!("FAULT span range stalls 60 s: cat {took:?}");
+
+    // The stall timeout is an option.
+    let proxy = Proxy::with_faults(
+        &s.reg.host(),
+        false,
+        Faults {
+            stall_every: 1,
+            stall_after: 1 << 20,
+            stall_for: Duration::from_secs(60),
+            only: Some(s.layer(0)),
+            limit: 1,
+            ..Faults::default()
+        },
+    );
+    let t = Instant::now();
+    ok(clipctl()
+        .arg("create")
+        .arg(format!("{}/app:v1", proxy.host()))
+        .args(["--stall-timeout", "1", "--out"])
+        .arg(s.dir.path().join("stall-1s.clip")));
+    let took = t.elapsed();
+    assert!(took < base + Duration::from_secs(4), "create took {took:?}");
+    eprintln!("FAULT layer stream stalls 60 s, --stall-timeout 1: create {took:?}");
 }
 
 #[test]
