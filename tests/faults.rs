@@ -440,3 +440,43 @@ fn throttling_429_retry_after_is_honoured_within_a_budget() {
         e.trim()
     );
 }
+
+#[test]
+fn tree_read_through_a_proxy_stalling_one_request_in_three() {
+    let s = setup("stall-third");
+    let clean = Proxy::start(&s.reg.host(), false);
+    let base = read_tree(&archive_via(&s, &clean, "clean"));
+    // One blob request in three stalls for 60 s after 100 KiB; read with a 2 s
+    // stall timeout (each stall costs about that, resumed from where it broke).
+    let proxy = Proxy::with_faults(
+        &s.reg.host(),
+        false,
+        Faults {
+            stall_every: 3,
+            stall_after: 100 << 10,
+            stall_for: Duration::from_secs(60),
+            only: Some("/blobs/"),
+            ..Faults::default()
+        },
+    );
+    let archive = archive_via(&s, &proxy, "stall-third");
+    let t = Instant::now();
+    for (path, want) in tree_files() {
+        let out = ok(clipctl()
+            .arg("cat")
+            .args(["--stall-timeout", "2"])
+            .arg(&archive)
+            .arg(path));
+        assert!(out.stdout == want, "{path} differs");
+    }
+    let took = t.elapsed();
+    let n = proxy.injected();
+    eprintln!(
+        "FAULT 1 in 3 blob requests stalls (x{n}), --stall-timeout 2: tree read {took:?} (clean {base:?})"
+    );
+    // Each stall costs the stall timeout and a short backoff, nothing more.
+    assert!(
+        took <= base + Duration::from_millis(2600) * n as u32 + Duration::from_secs(3),
+        "{took:?} for {n} stalls"
+    );
+}
