@@ -310,8 +310,8 @@ typedef struct clip_registry_options {
    */
   size_t plain_http_count;
   /**
-   * Timeout to connect and for a response to start, in milliseconds (default
-   * 30000).
+   * Timeout to connect, in milliseconds (default 30000). A response that makes
+   * no progress for 5 s is abandoned and retried (not settable here).
    */
   unsigned int timeout_ms;
   /**

@@ -322,27 +322,49 @@ fn index_layers(
                     if !told {
                         tell(&event(Stage::Starting, Default::default(), 0, 0));
                     }
-                    let spool = if spool { Spool::create(opts, layer) } else { None };
-                    let r = open(i)
-                        .map_err(|e| e.with_layer(layer.desc.digest))
-                        .and_then(|rd| {
-                            let mut rd = Tee { inner: rd, spool: spool.as_ref() };
-                            let mut last = std::time::Instant::now();
-                            index::index_layer(
-                                &mut rd,
-                                layer,
-                                opts.span_size,
-                                &stopped,
-                                &mut |done| {
-                                    if opts.progress.is_some()
-                                        && last.elapsed() >= std::time::Duration::from_millis(500)
-                                    {
-                                        last = std::time::Instant::now();
-                                        tell(&event(Stage::Progress, done, 0, 0));
-                                    }
-                                },
-                            )
-                        });
+                    // A registry blob whose bytes fail verification (corrupted in
+                    // flight) is fetched again from its start, a bounded number of
+                    // times; a local blob is what it is.
+                    let refetches = if source == "registry" { opts.registry.refetches } else { 0 };
+                    let mut fetched = 0;
+                    let (r, spool) = loop {
+                        fetched += 1;
+                        let spool = if spool { Spool::create(opts, layer) } else { None };
+                        let r = open(i)
+                            .map_err(|e| e.with_layer(layer.desc.digest))
+                            .and_then(|rd| {
+                                let mut rd = Tee { inner: rd, spool: spool.as_ref() };
+                                let mut last = std::time::Instant::now();
+                                index::index_layer(
+                                    &mut rd,
+                                    layer,
+                                    opts.span_size,
+                                    &stopped,
+                                    &mut |done| {
+                                        if opts.progress.is_some()
+                                            && last.elapsed() >= std::time::Duration::from_millis(500)
+                                        {
+                                            last = std::time::Instant::now();
+                                            tell(&event(Stage::Progress, done, 0, 0));
+                                        }
+                                    },
+                                )
+                            });
+                        match r {
+                            Err(e) if refetches > 0 && is_mismatch(&e) => {
+                                if fetched > refetches || stopped() {
+                                    let note = format!(" (fetched {fetched} times)");
+                                    let e = match with_note(e, &note) {
+                                        e @ Error::WithLayer { .. } => e,
+                                        e => e.with_layer(layer.desc.digest),
+                                    };
+                                    break (Err(e), spool);
+                                }
+                                tracing::warn!(layer = %layer.desc.digest, error = %e, "layer failed verification; fetching it again from its start");
+                            }
+                            r => break (r, spool),
+                        }
+                    };
                     if let (Ok(_), Some(sp), Some(t)) = (&r, spool, &opts.content_tier) {
                         sp.store(t, layer);
                     }
@@ -561,6 +583,35 @@ impl std::io::Read for Tee<'_> {
             s.write(&buf[..n]);
         }
         Ok(n)
+    }
+}
+
+/// Whether `e` is a digest mismatch (perhaps naming its layer).
+fn is_mismatch(e: &Error) -> bool {
+    match e {
+        Error::DigestMismatch { .. } => true,
+        Error::WithLayer { inner, .. } => is_mismatch(inner),
+        _ => false,
+    }
+}
+
+/// A digest mismatch with `note` appended to what was verified.
+fn with_note(e: Error, note: &str) -> Error {
+    match e {
+        Error::WithLayer { digest, inner } => Error::WithLayer {
+            digest,
+            inner: Box::new(with_note(*inner, note)),
+        },
+        Error::DigestMismatch {
+            what,
+            expected,
+            actual,
+        } => Error::DigestMismatch {
+            what: what + note,
+            expected,
+            actual,
+        },
+        e => e,
     }
 }
 

@@ -17,6 +17,11 @@ use crate::error::{Error, Result};
 use crate::source::{FileSource, RangeSource};
 use crate::tree::{Kind, Tree};
 
+/// How many times span data that fails verification (its BLAKE3 hash, or the
+/// decoder: corrupted in flight) is fetched again before the read fails (EIO
+/// through a mount).
+pub const SPAN_REFETCHES: u32 = 2;
+
 /// Counters of the work done reading, for tests, `--stats` and benchmarks.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -281,9 +286,12 @@ impl Image {
                 let data = self.span_bytes(layer, i)?;
                 copy(c.span_range(i).0, &data);
             } else {
-                self.decode_spans(layer, i, j, &mut |pos, d| {
-                    copy(pos, d);
-                    Ok(())
+                // Copies land by offset: a second pass overwrites the first.
+                self.refetching(|| {
+                    self.decode_spans(layer, i, j, &mut |pos, d| {
+                        copy(pos, d);
+                        Ok(())
+                    })
                 })?;
             }
             i = j + 1;
@@ -328,11 +336,39 @@ impl Image {
     pub fn decode_span(&self, layer: usize, span: usize) -> Result<Vec<u8>> {
         let (s, e) = self.archive.layers[layer].codec.span_range(span);
         let mut data = Vec::with_capacity((e - s) as usize);
-        self.decode_spans(layer, span, span, &mut |_, d| {
-            data.extend_from_slice(d);
-            Ok(())
+        self.refetching(|| {
+            data.clear();
+            self.decode_spans(layer, span, span, &mut |_, d| {
+                data.extend_from_slice(d);
+                Ok(())
+            })
         })?;
         Ok(data)
+    }
+
+    /// Runs `f`, a decode of spans from the layer source, again when it fails for
+    /// bad data (a span-hash mismatch or a decode error: bytes corrupted in
+    /// flight), at most [`SPAN_REFETCHES`] more times; `f` must start over.
+    pub(crate) fn refetching<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut refetched = 0;
+        loop {
+            match f() {
+                Err(e)
+                    if e.code() == crate::error::ErrorCode::Format
+                        && refetched < SPAN_REFETCHES =>
+                {
+                    refetched += 1;
+                    tracing::warn!(error = %e, "span data failed verification; fetching it again");
+                }
+                Err(e) if refetched > 0 => {
+                    return Err(Error::format(format!(
+                        "{e} (fetched {} times)",
+                        refetched + 1
+                    )));
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Decodes spans `first..=last` in one pass from the first one's checkpoint,
@@ -354,6 +390,7 @@ impl Image {
         let mut reader = Counting {
             inner: source.reader(cin, cend)?,
             bytes_read: 0,
+            failed: false,
         };
         let mut k = first;
         let mut k_end = c.span_range(k).1;
@@ -399,6 +436,13 @@ impl Image {
         )
         .map_err(|e| match e {
             Error::DigestMismatch { .. } => e.with_layer(l.digest),
+            // The source failed after its own retries: a network error, not bad
+            // data (which is fetched again).
+            e if reader.failed => Error::Network(format!(
+                "span {first} (data fetched from {}): {e}",
+                source.describe()
+            ))
+            .with_layer(l.digest),
             e => Error::format(format!(
                 "span {first} (data fetched from {}): {e}",
                 source.describe()
@@ -422,11 +466,16 @@ impl Image {
 struct Counting<R> {
     inner: R,
     bytes_read: u64,
+    /// A read of the source failed (the registry, not the data).
+    failed: bool,
 }
 
 impl<R: std::io::Read> std::io::Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self
+            .inner
+            .read(buf)
+            .inspect_err(|e| self.failed |= e.kind() != std::io::ErrorKind::Interrupted)?;
         self.bytes_read += n as u64;
         Ok(n)
     }

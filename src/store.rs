@@ -592,15 +592,29 @@ impl Store {
             .map_err(|e| Error::io("creating a span file in", dir, e));
         if let Ok(tmp) = tmp {
             let mut w = std::io::BufWriter::with_capacity(64 << 10, tmp.as_file());
-            let decoded = self.image.decode_spans(layer, k, k, &mut |_, d| {
-                w.write_all(d).map_err(|e| {
-                    let err = Error::io("writing", tmp.path(), e);
-                    write_failed = Some(Error::io(
-                        "writing",
-                        tmp.path(),
-                        std::io::Error::other(err.to_string()),
-                    ));
-                    err
+            // Bad span data is fetched again (Image::refetching), each pass
+            // writing the file from its start.
+            let decoded = self.image.refetching(|| {
+                if write_failed.is_some() {
+                    return Ok(()); // reported below
+                }
+                w.flush()
+                    .and_then(|_| w.get_ref().set_len(0))
+                    .and_then(|_| {
+                        let mut f: &File = w.get_ref();
+                        std::io::Seek::rewind(&mut f)
+                    })
+                    .map_err(|e| Error::io("writing", tmp.path(), e))?;
+                self.image.decode_spans(layer, k, k, &mut |_, d| {
+                    w.write_all(d).map_err(|e| {
+                        let err = Error::io("writing", tmp.path(), e);
+                        write_failed = Some(Error::io(
+                            "writing",
+                            tmp.path(),
+                            std::io::Error::other(err.to_string()),
+                        ));
+                        err
+                    })
                 })
             });
             match (decoded, write_failed.take()) {

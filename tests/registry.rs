@@ -830,6 +830,7 @@ fn flaky_registry_503s_and_cut_connections_are_retried() {
             fail_every: 3,
             cut_every: 4,
             cut_after: 100 << 10,
+            ..Faults::default()
         },
     );
     let archive = d.path().join("a.clip");

@@ -226,6 +226,17 @@ struct RegistryArgs {
     /// CLIP_REGISTRIES_CONF; /etc/containers/registries.conf only if named).
     #[arg(long = "registries-conf", value_name = "FILE")]
     registries_conf: Option<PathBuf>,
+    /// Abandon a registry response that makes no progress (no byte arrives) for
+    /// this many seconds, and retry it on a fresh connection [default: 5].
+    #[arg(long, value_name = "SECS")]
+    stall_timeout: Option<f64>,
+    /// Attempts per registry request on 429, 5xx, resets and stalls [default: 5].
+    #[arg(long, value_name = "N")]
+    registry_attempts: Option<u32>,
+    /// The most seconds one registry request waits between its attempts
+    /// (Retry-After and backoff) [default: 30].
+    #[arg(long, value_name = "SECS")]
+    retry_budget: Option<f64>,
 }
 
 impl RegistryArgs {
@@ -252,13 +263,26 @@ impl RegistryArgs {
             };
             registries.add_mirror(registry, clip::registry::Mirror::from_url(url)?);
         }
+        let secs = |flag: &str, v: Option<f64>, default: std::time::Duration| match v {
+            None => Ok(default),
+            Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => {
+                Ok(std::time::Duration::from_secs_f64(s))
+            }
+            Some(s) => Err(anyhow::anyhow!(
+                "--{flag} {s}: expected a positive number of seconds"
+            )),
+        };
+        let d = clip::registry::RegistryOptions::default();
         let opts = clip::registry::RegistryOptions {
             credential,
             auth_file: self.auth_file.clone(),
             plain_http: self.plain_http.clone(),
             registries,
             registries_conf: self.registries_conf.clone(),
-            ..Default::default()
+            stall_timeout: secs("stall-timeout", self.stall_timeout, d.stall_timeout)?,
+            retry_budget: secs("retry-budget", self.retry_budget, d.retry_budget)?,
+            attempts: self.registry_attempts.unwrap_or(d.attempts).max(1),
+            ..d
         };
         // A bad registries.conf fails now, naming the file, not at the first
         // registry request (a mount's, say).

@@ -117,8 +117,8 @@ pub struct clip_registry_options {
     pub plain_http: *const *const c_char,
     /// Number of strings in `plain_http`.
     pub plain_http_count: usize,
-    /// Timeout to connect and for a response to start, in milliseconds (default
-    /// 30000).
+    /// Timeout to connect, in milliseconds (default 30000). A response that makes
+    /// no progress for 5 s is abandoned and retried (not settable here).
     pub timeout_ms: c_uint,
     /// Attempts per request on 429, 5xx and dropped connections (default 5).
     pub attempts: c_uint,

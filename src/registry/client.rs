@@ -7,7 +7,15 @@
 //! to the offset in the stream and stops after the bytes it needs.
 //!
 //! Requests are retried with exponential backoff on `429`, `5xx`, timeouts and
-//! dropped connections (honouring `Retry-After`); `401` triggers the auth dance of
+//! dropped connections (honouring `Retry-After` up to
+//! [`retry_wait_max`](super::RegistryOptions::retry_wait_max), within a
+//! [`retry_budget`](super::RegistryOptions::retry_budget) of waiting per request).
+//! A response that makes no progress for
+//! [`stall_timeout`](super::RegistryOptions::stall_timeout) (no byte arrives) is
+//! abandoned and retried on a fresh connection; a blob stream that breaks (reset,
+//! stall, cut) resumes with a Range request from where it broke. A manifest or
+//! config whose body breaks or fails its digest is fetched again.
+//! `401` triggers the auth dance of
 //! [`super::auth`] once per request. Redirects to blob storage are followed with the
 //! `Range` header kept and the `Authorization` header dropped when the host changes
 //! (reqwest's redirect policy).
@@ -254,9 +262,11 @@ impl Client {
         let mut builder = reqwest::blocking::Client::builder()
             .user_agent(concat!("clip/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(opts.timeout)
-            // Per read or write operation, not for a whole body: layers stream for
-            // minutes.
-            .timeout(opts.timeout)
+            // reqwest's blocking timeout bounds the wait for the response head and
+            // then each body read, not a whole body (layers stream for minutes):
+            // progress-based stall detection. A stalled connection is dropped, so
+            // the retry opens a fresh one.
+            .timeout(opts.stall_timeout.max(Duration::from_millis(100)))
             .pool_max_idle_per_host(16);
         builder = if proxy.any() {
             builder.proxy(reqwest::Proxy::custom(move |url| proxy.proxy_for(url)))
@@ -483,22 +493,36 @@ impl Client {
         };
         let mut delay = Duration::from_millis(100);
         let mut last = String::new();
+        // Time spent waiting between attempts, bounded by the retry budget.
+        let mut waited = Duration::ZERO;
+        let budget = self.opts.retry_budget;
         for attempt in 1..=attempts {
             TRANSFER.requests.fetch_add(1, Ordering::Relaxed);
             match build().send() {
                 Ok(resp) if retryable(resp.status()) && attempt < attempts => {
+                    let wait = retry_after(resp.headers())
+                        .unwrap_or(delay)
+                        .min(self.opts.retry_wait_max);
+                    if waited + wait > budget {
+                        tracing::debug!(%what, status = %resp.status(), ?waited, "retry budget spent");
+                        return Ok(resp);
+                    }
                     last = format!("{}", resp.status());
-                    let wait = retry_after(resp.headers()).unwrap_or(delay);
                     tracing::debug!(%what, status = %resp.status(), ?wait, "retrying");
-                    std::thread::sleep(wait.min(Duration::from_secs(10)));
+                    std::thread::sleep(wait);
+                    waited += wait;
                 }
                 Ok(resp) => return Ok(resp),
-                Err(e) if attempt < attempts => {
+                Err(e) if attempt < attempts && waited + delay <= budget => {
                     last = describe_reqwest(&e);
                     tracing::debug!(%what, error = %last, ?delay, "retrying");
                     std::thread::sleep(delay);
+                    waited += delay;
                 }
-                Err(e) => last = describe_reqwest(&e),
+                Err(e) => {
+                    last = describe_reqwest(&e);
+                    break;
+                }
             }
             delay = (delay * 2).min(Duration::from_secs(2));
         }
@@ -599,24 +623,64 @@ impl Client {
 
     fn manifest_at(&self, site: &Site, reference: &str, what: &str) -> Result<(Vec<u8>, Digest)> {
         let url = site.url("manifests", reference);
-        let resp = self.send(
+        self.get_small(
             site,
             || self.http.get(&url).header(header::ACCEPT, MANIFEST_ACCEPT),
             what,
-        )?;
-        let resp = self.check(site, resp, what)?;
-        let body = read_limited(resp, oci::MAX_METADATA_BLOB)?;
-        let digest = Digest::of(&body);
-        if let Ok(expected) = Digest::parse(reference)
-            && expected != digest
-        {
-            return Err(Error::DigestMismatch {
-                what: format!("{} manifest", site.name()),
-                expected: expected.to_string(),
-                actual: digest.to_string(),
-            });
+            |body| {
+                let digest = Digest::of(&body);
+                if let Ok(expected) = Digest::parse(reference)
+                    && expected != digest
+                {
+                    return Err(Error::DigestMismatch {
+                        what: format!("{} manifest", site.name()),
+                        expected: expected.to_string(),
+                        actual: digest.to_string(),
+                    });
+                }
+                Ok((body, digest))
+            },
+        )
+    }
+
+    /// GETs a small response (manifest, config) whole and checks it with
+    /// `verify`. A body that breaks (a reset, a stall, cut short) is fetched
+    /// again, up to `attempts` times in all; one that fails `verify` with a digest
+    /// mismatch (corrupted in flight), up to `refetches` more times.
+    fn get_small<T>(
+        &self,
+        site: &Site,
+        build: impl Fn() -> RequestBuilder,
+        what: &str,
+        verify: impl Fn(Vec<u8>) -> Result<T>,
+    ) -> Result<T> {
+        let attempts = match site.mirror {
+            Some(_) => self.opts.attempts.clamp(1, MIRROR_ATTEMPTS),
+            None => self.opts.attempts.max(1),
+        };
+        let (mut broke, mut mismatched) = (0, 0);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let resp = self.check(site, self.send(site, &build, what)?, what)?;
+            let e = match read_limited(resp, oci::MAX_METADATA_BLOB) {
+                Ok(body) => match verify(body) {
+                    Ok(v) => return Ok(v),
+                    Err(e @ Error::DigestMismatch { .. }) if mismatched < self.opts.refetches => {
+                        mismatched += 1;
+                        e
+                    }
+                    Err(e) => return Err(e),
+                },
+                Err(e @ Error::Network(_)) if broke + 1 < attempts => {
+                    broke += 1;
+                    e
+                }
+                Err(e) => return Err(with_note(e, &format!(" ({}: {what})", site.name()))),
+            };
+            tracing::debug!(%what, error = %e, "fetching it again");
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(2));
         }
-        Ok((body, digest))
     }
 
     /// Fetches a small blob (config), checking size and digest.
@@ -625,17 +689,22 @@ impl Client {
         let what = format!("blob {}", desc.digest);
         self.on_sites(RequestKind::Blob, &what, |site| {
             let url = site.url("blobs", &desc.digest.to_string());
-            let resp = self.check(site, self.send(site, || self.http.get(&url), &what)?, &what)?;
-            let body = read_limited(resp, oci::MAX_METADATA_BLOB)?;
-            let actual = Digest::of(&body);
-            if body.len() as u64 != desc.size || actual != desc.digest {
-                return Err(Error::DigestMismatch {
-                    what: format!("{} blob", site.name()),
-                    expected: desc.digest.to_string(),
-                    actual: actual.to_string(),
-                });
-            }
-            Ok(body)
+            self.get_small(
+                site,
+                || self.http.get(&url),
+                &what,
+                |body| {
+                    let actual = Digest::of(&body);
+                    if body.len() as u64 != desc.size || actual != desc.digest {
+                        return Err(Error::DigestMismatch {
+                            what: format!("{} blob", site.name()),
+                            expected: desc.digest.to_string(),
+                            actual: actual.to_string(),
+                        });
+                    }
+                    Ok(body)
+                },
+            )
         })
     }
 
@@ -784,6 +853,7 @@ impl Client {
             ranged: false,
             resp: None,
             failures: 0,
+            breaks: 0,
         }
     }
 
@@ -798,6 +868,7 @@ impl Client {
             ranged: true,
             resp: None,
             failures: 0,
+            breaks: 0,
         }
     }
 }
@@ -810,7 +881,10 @@ pub struct BlobReader {
     pos: u64,
     ranged: bool,
     resp: Option<Response>,
+    /// Breaks in a row without a byte of progress.
     failures: u32,
+    /// Breaks in all.
+    breaks: u32,
 }
 
 impl Read for BlobReader {
@@ -840,14 +914,19 @@ impl Read for BlobReader {
                 ),
                 Ok(n) => {
                     self.pos += n as u64;
+                    self.failures = 0;
                     TRANSFER.bytes.fetch_add(n as u64, Ordering::Relaxed);
                     return Ok(n);
                 }
                 Err(e) => e,
             };
+            // Dropping the response closes its connection (a stalled one is not
+            // reused): the resuming request goes out on a fresh one.
             self.resp = None;
             self.failures += 1;
-            if self.failures >= self.client.opts.attempts.max(1) {
+            self.breaks += 1;
+            let attempts = self.client.opts.attempts.max(1);
+            if self.failures >= attempts || self.breaks >= attempts.saturating_mul(8) {
                 return Err(io::Error::other(format!(
                     "{}: blob {}: {err}",
                     self.client.name(),

@@ -39,11 +39,30 @@ pub struct RegistryOptions {
     /// Registries (host\[:port\]) reached over plain HTTP. Loopback registries always
     /// may be.
     pub plain_http: Vec<String>,
-    /// Timeout to connect, and for a response to start.
+    /// Timeout to connect (default 30 s).
     pub timeout: Duration,
-    /// Attempts per request on 429, 5xx and dropped connections (at least 1). A
-    /// mirror gets at most 2 before the next one is tried.
+    /// A response that makes no progress for this long (no header or body byte
+    /// arrives) is abandoned, and retried on a fresh connection (default 5 s).
+    /// Progress-based: a layer streaming for minutes never hits it.
+    pub stall_timeout: Duration,
+    /// Attempts per request on 429, 5xx, resets, stalls and dropped connections
+    /// (at least 1; default 5). A mirror gets at most 2 before the next one is
+    /// tried. A blob stream that breaks is resumed with a Range request from where
+    /// it broke: it fails after `attempts` breaks in a row without a byte of
+    /// progress, or after `8 × attempts` breaks in all.
     pub attempts: u32,
+    /// The longest one `Retry-After` (of a 429 or 503) is honoured; a longer one
+    /// is waited this long (default 10 s).
+    pub retry_wait_max: Duration,
+    /// The most time one request spends waiting between its attempts
+    /// (`Retry-After` and backoff); past it the registry's answer is the error
+    /// (default 30 s).
+    pub retry_budget: Duration,
+    /// How many times a blob whose bytes fail verification (a layer's digest or
+    /// diff_id while indexing, a manifest's or config's digest: corrupted in
+    /// flight) is fetched again from its start before the call fails naming it
+    /// (default 2).
+    pub refetches: u32,
     /// Mirrors and rewrites given directly (`clipctl --registry-mirror`). On a
     /// prefix that [`registries_conf`](Self::registries_conf) also has, this one
     /// wins.
@@ -92,7 +111,11 @@ impl Default for RegistryOptions {
             auth_file: None,
             plain_http: Vec::new(),
             timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(5),
             attempts: 5,
+            retry_wait_max: Duration::from_secs(10),
+            retry_budget: Duration::from_secs(30),
+            refetches: 2,
             registries: RegistriesConf::default(),
             registries_conf: None,
             proxy: ProxyConfig::Environment,
@@ -108,7 +131,11 @@ impl std::fmt::Debug for RegistryOptions {
             .field("auth_file", &self.auth_file)
             .field("plain_http", &self.plain_http)
             .field("timeout", &self.timeout)
+            .field("stall_timeout", &self.stall_timeout)
             .field("attempts", &self.attempts)
+            .field("retry_wait_max", &self.retry_wait_max)
+            .field("retry_budget", &self.retry_budget)
+            .field("refetches", &self.refetches)
             .field("registries", &self.registries)
             .field("registries_conf", &self.registries_conf)
             .field("proxy", &self.proxy)

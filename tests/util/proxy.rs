@@ -5,6 +5,11 @@
 //! whatever host its absolute URI names, and records request lines
 //! ([`Proxy::request_lines`]): a `CONNECT` is forwarded as is and fails.
 //!
+//! [`Faults`] makes it a bad network too: 503s, 429s with `Retry-After`, responses
+//! cut short, connections reset (RST) mid-body, a body byte flipped in flight, a
+//! body that stalls; on every n-th request (optionally only the requests whose
+//! request line contains a string), at most a given number of times.
+//!
 //! Each request is forwarded on a fresh upstream connection with
 //! `Connection: close`, and the client connection is closed after the response, so
 //! no HTTP framing needs parsing beyond the request head.
@@ -13,6 +18,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Faults a [`Proxy`] injects, to exercise retries.
 #[derive(Clone, Copy, Debug, Default)]
@@ -22,16 +28,105 @@ pub struct Faults {
     pub fail_every: u64,
     /// Every n-th request has its response cut after `cut_after` bytes (0: never).
     pub cut_every: u64,
-    /// Where cut responses stop.
+    /// Where cut responses stop (bytes of the response, head included).
     pub cut_after: u64,
+    /// Every n-th request's connection is reset (TCP RST) after `reset_after`
+    /// body bytes (0: never).
+    pub reset_every: u64,
+    /// Body bytes sent before a reset.
+    pub reset_after: u64,
+    /// Every n-th response has its body byte at `corrupt_at` flipped (0: never;
+    /// a shorter body is sent as is).
+    pub corrupt_every: u64,
+    /// The body offset of the flipped byte.
+    pub corrupt_at: u64,
+    /// Every n-th response sends nothing for `stall_for` after `stall_after` body
+    /// bytes, then goes on (0: never).
+    pub stall_every: u64,
+    /// Body bytes sent before a stall.
+    pub stall_after: u64,
+    /// How long a stall lasts.
+    pub stall_for: Duration,
+    /// Every n-th request is answered `429 Too Many Requests` with
+    /// `Retry-After: retry_after` (seconds) without reaching the registry (0: never).
+    pub throttle_every: u64,
+    /// The `Retry-After` of a 429.
+    pub retry_after: u64,
+    /// Only requests whose request line contains this are counted for the
+    /// `*_every` faults and get them (`None`: all requests).
+    pub only: Option<&'static str>,
+    /// At most this many faults are injected in all (0: no limit).
+    pub limit: u64,
+}
+
+impl Faults {
+    /// The request matches [`only`](Self::only).
+    fn matches(&self, request_line: &str) -> bool {
+        self.only.is_none_or(|o| request_line.contains(o))
+    }
+}
+
+/// Which faults one request gets.
+#[derive(Default)]
+struct Plan {
+    fail: bool,
+    throttle: bool,
+    cut: Option<u64>,
+    reset: Option<u64>,
+    corrupt: Option<u64>,
+    stall: Option<(u64, Duration)>,
+}
+
+/// Counters shared by a proxy's connections.
+#[derive(Default)]
+struct Shared {
+    bytes: AtomicU64,
+    requests: AtomicU64,
+    /// Requests that matched [`Faults::only`].
+    matching: AtomicU64,
+    /// Faults injected.
+    injected: AtomicU64,
+    lines: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    /// The faults request number `n` (counting matching requests) gets, within
+    /// the limit.
+    fn plan(&self, f: &Faults, n: u64) -> Plan {
+        let hit = |every: u64| {
+            if every == 0 || n % every != 0 {
+                return false;
+            }
+            let k = self.injected.fetch_add(1, Ordering::Relaxed);
+            if f.limit > 0 && k >= f.limit {
+                self.injected.fetch_sub(1, Ordering::Relaxed);
+                return false;
+            }
+            true
+        };
+        let mut p = Plan {
+            fail: hit(f.fail_every),
+            ..Plan::default()
+        };
+        if p.fail {
+            return p;
+        }
+        p.throttle = hit(f.throttle_every);
+        if p.throttle {
+            return p;
+        }
+        p.cut = hit(f.cut_every).then_some(f.cut_after);
+        p.reset = hit(f.reset_every).then_some(f.reset_after);
+        p.corrupt = hit(f.corrupt_every).then_some(f.corrupt_at);
+        p.stall = hit(f.stall_every).then_some((f.stall_after, f.stall_for));
+        p
+    }
 }
 
 /// A running proxy; stops accepting when dropped.
 pub struct Proxy {
     addr: String,
-    bytes: Arc<AtomicU64>,
-    requests: Arc<AtomicU64>,
-    lines: Arc<Mutex<Vec<String>>>,
+    shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
 }
 
@@ -46,36 +141,22 @@ impl Proxy {
     pub fn with_faults(upstream: &str, strip_range: bool, faults: Faults) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding the proxy");
         let addr = listener.local_addr().unwrap().to_string();
-        let bytes = Arc::new(AtomicU64::new(0));
-        let requests = Arc::new(AtomicU64::new(0));
+        let shared = Arc::new(Shared::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (b, r, s, up, l) = (
-            bytes.clone(),
-            requests.clone(),
-            stop.clone(),
-            upstream.to_string(),
-            lines.clone(),
-        );
+        let (sh, s, up) = (shared.clone(), stop.clone(), upstream.to_string());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (b, r, up, l) = (b.clone(), r.clone(), up.clone(), l.clone());
+                let (sh, up) = (sh.clone(), up.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &up, strip_range, faults, &b, &r, &l);
+                    let _ = serve(conn, &up, strip_range, faults, &sh);
                 });
             }
         });
-        Proxy {
-            addr,
-            bytes,
-            requests,
-            lines,
-            stop,
-        }
+        Proxy { addr, shared, stop }
     }
 
     /// `127.0.0.1:port` of the proxy.
@@ -85,18 +166,23 @@ impl Proxy {
 
     /// Bytes returned to clients (status line, headers and bodies).
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        self.shared.bytes.load(Ordering::Relaxed)
     }
 
     /// Requests forwarded.
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> u64 {
+        self.shared.injected.load(Ordering::Relaxed)
     }
 
     /// The request lines received so far (`GET /v2/... HTTP/1.1`; absolute URIs
     /// and `CONNECT host:port` when used as a forward proxy), oldest first.
     pub fn request_lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
+        self.shared.lines.lock().unwrap().clone()
     }
 }
 
@@ -108,18 +194,37 @@ impl Drop for Proxy {
     }
 }
 
+/// Closes `conn` with a TCP RST (SO_LINGER 0) rather than a FIN.
+fn reset(conn: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a linger struct of the size passed.
+    unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(conn);
+}
+
 fn serve(
     conn: TcpStream,
     upstream: &str,
     strip_range: bool,
     faults: Faults,
-    bytes: &AtomicU64,
-    requests: &AtomicU64,
-    lines: &Mutex<Vec<String>>,
+    sh: &Shared,
 ) -> std::io::Result<()> {
     let mut client = BufReader::new(conn.try_clone()?);
     // The request head.
     let mut head = Vec::new();
+    let mut request_line = String::new();
     let mut body_len = 0usize;
     loop {
         let mut line = String::new();
@@ -130,7 +235,8 @@ fn serve(
             break;
         }
         if head.is_empty() {
-            lines.lock().unwrap().push(line.trim_end().to_string());
+            request_line = line.trim_end().to_string();
+            sh.lines.lock().unwrap().push(request_line.clone());
         }
         let lower = line.to_ascii_lowercase();
         if lower.starts_with("connection:") || (strip_range && lower.starts_with("range:")) {
@@ -144,37 +250,97 @@ fn serve(
     head.extend_from_slice(b"Connection: close\r\n\r\n");
     let mut body = vec![0u8; body_len];
     client.read_exact(&mut body)?;
-    let n = requests.fetch_add(1, Ordering::Relaxed) + 1;
+    sh.requests.fetch_add(1, Ordering::Relaxed);
+    let plan = if faults.matches(&request_line) {
+        let n = sh.matching.fetch_add(1, Ordering::Relaxed) + 1;
+        sh.plan(&faults, n)
+    } else {
+        Plan::default()
+    };
     let mut out = conn;
-    if faults.fail_every > 0 && n % faults.fail_every == 0 {
-        let msg =
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-        out.write_all(msg)?;
-        bytes.fetch_add(msg.len() as u64, Ordering::Relaxed);
+    if plan.fail || plan.throttle {
+        let msg = if plan.fail {
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                .to_string()
+        } else {
+            format!(
+                "HTTP/1.1 429 Too Many Requests\r\nRetry-After: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                faults.retry_after
+            )
+        };
+        out.write_all(msg.as_bytes())?;
+        sh.bytes.fetch_add(msg.len() as u64, Ordering::Relaxed);
         return out.shutdown(Shutdown::Both);
     }
-    let limit = if faults.cut_every > 0 && n % faults.cut_every == 0 {
-        faults.cut_after
-    } else {
-        u64::MAX
-    };
+    let limit = plan.cut.unwrap_or(u64::MAX);
     let mut up = TcpStream::connect(upstream)?;
     up.write_all(&head)?;
     up.write_all(&body)?;
     let mut buf = vec![0u8; 64 << 10];
     let mut sent = 0u64;
+    // Where the body starts in the response (once the head's end was seen), and
+    // the last bytes of the head so far (its end may straddle reads).
+    let mut body_start: Option<u64> = None;
+    let mut tail: Vec<u8> = Vec::new();
+    let mut stalled = false;
     while sent < limit {
         let n = up.read(&mut buf)?;
         if n == 0 {
             break;
         }
-        let n = (n as u64).min(limit - sent) as usize;
-        if out.write_all(&buf[..n]).is_err() {
-            // The client hung up (it had what it needed from a 200 stream).
+        let mut chunk = &mut buf[..(n as u64).min(limit - sent) as usize];
+        if body_start.is_none() {
+            let from = tail.len();
+            tail.extend_from_slice(chunk);
+            if let Some(i) = tail.windows(4).position(|w| w == b"\r\n\r\n") {
+                body_start = Some(sent + (i + 4 - from) as u64);
+            } else {
+                let keep = tail.len().saturating_sub(3);
+                tail.drain(..keep);
+            }
+        }
+        // Body faults, at body offsets within this chunk.
+        if let Some(b0) = body_start {
+            let (lo, hi) = (sent, sent + chunk.len() as u64);
+            let body = |off: u64| b0 + off;
+            if let Some(at) = plan.corrupt
+                && (lo..hi).contains(&body(at))
+            {
+                chunk[(body(at) - lo) as usize] ^= 0x55;
+            }
+            if let Some(after) = plan.reset
+                && body(after) < hi
+            {
+                let k = body(after).saturating_sub(lo) as usize;
+                let _ = out.write_all(&chunk[..k]);
+                sh.bytes.fetch_add(k as u64, Ordering::Relaxed);
+                // Let the bytes leave before the RST discards the send queue.
+                std::thread::sleep(Duration::from_millis(50));
+                reset(out);
+                return Ok(());
+            }
+            if let Some((after, d)) = plan.stall
+                && !stalled
+                && body(after) < hi
+            {
+                let k = body(after).saturating_sub(lo) as usize;
+                if out.write_all(&chunk[..k]).is_err() {
+                    break;
+                }
+                sh.bytes.fetch_add(k as u64, Ordering::Relaxed);
+                sent += k as u64;
+                chunk = &mut chunk[k..];
+                stalled = true;
+                std::thread::sleep(d);
+            }
+        }
+        if out.write_all(chunk).is_err() {
+            // The client hung up (it had what it needed from a 200 stream, or
+            // gave up on a stall).
             break;
         }
-        sent += n as u64;
-        bytes.fetch_add(n as u64, Ordering::Relaxed);
+        sent += chunk.len() as u64;
+        sh.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }
     let _ = out.shutdown(Shutdown::Both);
     Ok(())
