@@ -806,4 +806,20 @@ mod tests {
             serde_json::json!({"Created": "2024-03-05T07:08:09.12Z", "Ports": {"80/tcp": {}}})
         );
     }
+
+    #[test]
+    fn parse_checks_the_header_against_the_bytes() {
+        assert!(parse(b"").is_err());
+        let mut h = vec![0u8; HEADER_SIZE];
+        h[..9].copy_from_slice(&START_BYTES);
+        h[9] = FORMAT_VERSION;
+        // An index of 10 bytes at 54: past the end of a 54-byte buffer.
+        h[10..18].copy_from_slice(&10i64.to_le_bytes());
+        h[18..26].copy_from_slice(&54i64.to_le_bytes());
+        let e = parse(&h).unwrap_err().to_string();
+        assert!(e.contains("past the end"), "{e}");
+        // Present but not gob.
+        h.extend_from_slice(&[0xff; 10]);
+        assert!(parse(&h).is_err());
+    }
 }
