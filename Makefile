@@ -15,7 +15,7 @@ GO ?= go
 GO_PREFIX ?= $(CURDIR)/target/go-prefix
 GO_ENV = PKG_CONFIG_PATH=$(GO_PREFIX)/lib/pkgconfig LD_LIBRARY_PATH=$(GO_PREFIX)/lib CGO_ENABLED=1
 
-.PHONY: all build deps test test-rust test-c test-deb test-go lint demo bench bench-abi-c header install deb clean check-beta9
+.PHONY: all build deps test test-rust test-c test-deb test-go lint demo bench bench-abi-c header install deb clean check-beta9 fuzz
 
 all: build
 
@@ -91,6 +91,29 @@ install:
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
 	    clip.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/clip.pc
+
+# Coverage-guided fuzzing (cargo-fuzz on nightly; fuzz/, a workspace of its own):
+# each target of fuzz/fuzz_targets/ for SECONDS seconds, from its seed corpus in
+# fuzz/corpus/<target>/ (new inputs go to target/fuzz-corpus/, crashes to
+# fuzz/artifacts/). FUZZ_TARGETS picks some; a summary line per target at the end.
+SECONDS ?= 60
+FUZZ_TARGETS ?= $(basename $(notdir $(wildcard fuzz/fuzz_targets/*.rs)))
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz
+	cd fuzz && $(CARGO) +nightly fuzz build -O
+	@mkdir -p target/fuzz-log
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz-corpus/$$t; \
+	  echo "== $$t ($(SECONDS) s)"; \
+	  ( cd fuzz && $(CARGO) +nightly fuzz run -O $$t ../target/fuzz-corpus/$$t corpus/$$t -- \
+	      -max_total_time=$(SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 ) \
+	    > target/fuzz-log/$$t.log 2>&1 || { tail -n 40 target/fuzz-log/$$t.log; exit 1; }; \
+	done
+	@for t in $(FUZZ_TARGETS); do \
+	  printf '%-20s %12s execs  corpus %s\n' $$t \
+	    "$$(sed -n 's/^stat::number_of_executed_units: *//p' target/fuzz-log/$$t.log)" \
+	    "$$(grep -o 'corp: [0-9]*/[0-9]*[a-zA-Z]*' target/fuzz-log/$$t.log | tail -n 1 | cut -d' ' -f2)"; \
+	done
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -173,12 +173,8 @@ fn parse_from(src: &(impl Bytes + ?Sized)) -> Result<Archive> {
             )));
         }
         let raw = if sflags & FLAG_ZSTD != 0 {
-            let raw = zstd::bulk::decompress(&stored, raw_len as usize)
-                .map_err(|e| bad(format!("section {id}: {e}")))?;
-            if raw.len() as u64 != raw_len {
-                return Err(bad(format!("section {id}: wrong uncompressed length")));
-            }
-            raw
+            crate::codec::zstd::decompress_exact(&stored, raw_len)
+                .map_err(|e| bad(format!("section {id}: {e}")))?
         } else {
             if stored_len != raw_len {
                 return Err(bad(format!("section {id}: lengths disagree")));

@@ -10,6 +10,24 @@ use std::io::Read;
 use super::{Boundary, CheckpointKind, CodecIndex, Limit, SpanBuilder, StreamIndexer, read_some};
 use crate::error::{Error, Result};
 
+/// Decompresses `stored` (zstd frames) expecting exactly `len` bytes, for metadata
+/// whose length comes from an untrusted header: memory grows with the bytes the
+/// frames really give (at most `len`), never with what the header claims.
+pub(crate) fn decompress_exact(stored: &[u8], len: u64) -> std::io::Result<Vec<u8>> {
+    let guess = (stored.len() as u64).saturating_mul(64).max(1 << 20);
+    let mut out = Vec::with_capacity(len.min(guess) as usize);
+    ::zstd::stream::read::Decoder::with_buffer(stored)?
+        .take(len.saturating_add(1))
+        .read_to_end(&mut out)?;
+    if out.len() as u64 != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} bytes uncompressed, {len} expected", out.len()),
+        ));
+    }
+    Ok(out)
+}
+
 const OUT_CHUNK: usize = 256 << 10;
 
 fn zerr(e: std::io::Error) -> Error {

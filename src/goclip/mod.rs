@@ -181,15 +181,34 @@ pub fn read(path: &Path) -> Result<GoArchive> {
 }
 
 fn read_inner(path: &Path) -> Result<GoArchive> {
-    let mut f = std::fs::File::open(path).ctx("opening", path)?;
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).ctx("opening", path)?;
     let file_size = f.metadata().ctx("reading metadata of", path)?.len();
-    let mut h = [0u8; HEADER_SIZE];
+    parse_from(file_size, &|pos, len| {
+        let mut b = vec![0u8; len as usize];
+        f.read_exact_at(&mut b, pos).ctx("reading", path)?;
+        Ok(b)
+    })
+}
+
+/// Parses a Go-clip archive from its bytes (as [`read`] does a file).
+pub fn parse(bytes: &[u8]) -> Result<GoArchive> {
+    parse_from(bytes.len() as u64, &|pos, len| {
+        // parse_from asks only for ranges it checked against the size.
+        Ok(bytes[pos as usize..(pos + len) as usize].to_vec())
+    })
+}
+
+/// Parses an archive of `file_size` bytes, read through `read_at(pos, len)`.
+fn parse_from(file_size: u64, read_at: &dyn Fn(u64, u64) -> Result<Vec<u8>>) -> Result<GoArchive> {
     if file_size < HEADER_SIZE as u64 {
         return Err(Error::format(format!(
             "{file_size} bytes: too short for a Go-clip header ({HEADER_SIZE} bytes)"
         )));
     }
-    f.read_exact(&mut h).ctx("reading", path)?;
+    let h: [u8; HEADER_SIZE] = read_at(0, HEADER_SIZE as u64)?
+        .try_into()
+        .map_err(|_| Error::format("short read of the Go-clip header"))?;
     if !is_goclip(&h) {
         return Err(Error::format("not a Go-clip archive (wrong start bytes)"));
     }
@@ -229,12 +248,6 @@ fn read_inner(path: &Path) -> Result<GoArchive> {
     }
     let storage_type = String::from_utf8(ty[..ty_end].to_vec())
         .map_err(|_| Error::format("the header's storage type is not UTF-8"))?;
-    let read_at = |pos: u64, len: u64| -> Result<Vec<u8>> {
-        use std::os::unix::fs::FileExt;
-        let mut b = vec![0u8; len as usize];
-        f.read_exact_at(&mut b, pos).ctx("reading", path)?;
-        Ok(b)
-    };
     let index = read_at(index_pos, index_len)?;
     let info = if info_len > 0 {
         read_at(info_pos, info_len)?
@@ -792,5 +805,21 @@ mod tests {
             to_json(&v),
             serde_json::json!({"Created": "2024-03-05T07:08:09.12Z", "Ports": {"80/tcp": {}}})
         );
+    }
+
+    #[test]
+    fn parse_checks_the_header_against_the_bytes() {
+        assert!(parse(b"").is_err());
+        let mut h = vec![0u8; HEADER_SIZE];
+        h[..9].copy_from_slice(&START_BYTES);
+        h[9] = FORMAT_VERSION;
+        // An index of 10 bytes at 54: past the end of a 54-byte buffer.
+        h[10..18].copy_from_slice(&10i64.to_le_bytes());
+        h[18..26].copy_from_slice(&54i64.to_le_bytes());
+        let e = parse(&h).unwrap_err().to_string();
+        assert!(e.contains("past the end"), "{e}");
+        // Present but not gob.
+        h.extend_from_slice(&[0xff; 10]);
+        assert!(parse(&h).is_err());
     }
 }

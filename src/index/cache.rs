@@ -292,11 +292,8 @@ pub fn decode(bytes: &[u8], key: &str, layer: &Layer, span_size: u64) -> Result<
             body_end.len() - HEADER_LEN
         )));
     }
-    let body = zstd::bulk::decompress(&body_end[HEADER_LEN..], raw_len as usize)
+    let body = crate::codec::zstd::decompress_exact(&body_end[HEADER_LEN..], raw_len)
         .map_err(|e| bad(format!("body: {e}")))?;
-    if body.len() as u64 != raw_len {
-        return Err(bad("body has the wrong length".into()));
-    }
     let mut c = Cursor {
         b: &body,
         pos: 0,

@@ -789,9 +789,7 @@ impl Client {
                 .headers()
                 .get(header::CONTENT_RANGE)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("bytes "))
-                .and_then(|v| v.split('-').next())
-                .and_then(|v| v.parse::<u64>().ok());
+                .and_then(content_range_start);
             if start.is_some_and(|s| s != offset) {
                 return Err(Error::format(format!(
                     "{}: {what}: asked for bytes from {offset}, got Content-Range starting at {}",
@@ -1028,6 +1026,17 @@ fn text_suffix(text: &str) -> String {
     } else {
         format!(" ({text})")
     }
+}
+
+/// The first byte position of a `Content-Range: bytes <first>-<last>/<size>` value,
+/// if it has that form (`None` for anything else, as `bytes */<size>`).
+pub fn content_range_start(value: &str) -> Option<u64> {
+    value
+        .strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn retryable(s: StatusCode) -> bool {

@@ -171,8 +171,11 @@ build harness-asan gcc $warn -O1 -fsanitize=address,undefined -fno-sanitize-reco
 build harness gcc $warn -O0 $cflags "$here/harness.c"
 
 if [ "$mode" = deb ]; then
-  ldd "$work/harness-asan" | grep -q "libclip.so.0 => $libdir/libclip.so.0" ||
-    die "the harness does not load the packaged library: $(ldd "$work/harness-asan" | grep libclip)"
+  # Not `ldd | grep -q`: grep quitting early makes ldd die of SIGPIPE, which
+  # pipefail turns into a failure.
+  deps=$(ldd "$work/harness-asan")
+  grep -q "libclip.so.0 => $libdir/libclip.so.0" <<<"$deps" ||
+    die "the harness does not load the packaged library: $(grep libclip <<<"$deps")"
 fi
 
 # ---------------------------------------------------------------- run
