@@ -106,7 +106,11 @@ pub struct Mount {
 impl Mount {
     /// Mounts `image` at `mountpoint` (created if missing). Returns once the kernel
     /// has the mount.
+    ///
+    /// A dead FUSE mount left at `mountpoint` (its process was killed: every access
+    /// fails with `ENOTCONN`) is detached first, with a warning.
     pub fn new(image: Image, mountpoint: &Path, opts: &MountOptions) -> Result<Mount> {
+        detach_stale(mountpoint)?;
         std::fs::create_dir_all(mountpoint).ctx("creating mount point", mountpoint)?;
         let mountpoint = std::fs::canonicalize(mountpoint).ctx("resolving", mountpoint)?;
         let store = Store::with_options(Arc::new(image), &opts.cache_dir, opts.store_options())?;
@@ -187,6 +191,58 @@ impl Drop for Mount {
     fn drop(&mut self) {
         let _ = self.unmount();
     }
+}
+
+/// Detaches a dead FUSE mount at `mountpoint`: one whose server is gone, so that
+/// requests to it fail with `ENOTCONN`. Anything else is left alone.
+fn detach_stale(mountpoint: &Path) -> Result<()> {
+    let abs = std::path::absolute(mountpoint).ctx("resolving", mountpoint)?;
+    if !mount_type(&abs).is_some_and(|t| t.starts_with("fuse")) {
+        return Ok(());
+    }
+    // statfs always reaches the server (a stat may be answered from the kernel's
+    // attribute cache even on a dead mount).
+    if rustix::fs::statvfs(&abs).err() != Some(rustix::io::Errno::NOTCONN) {
+        return Ok(());
+    }
+    tracing::warn!(
+        mountpoint = %abs.display(),
+        "detaching a dead FUSE mount (its process is gone) before mounting again"
+    );
+    match rustix::mount::unmount(&abs, rustix::mount::UnmountFlags::DETACH) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // Not root: fusermount3 -uz.
+            let ok = std::process::Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&abs)
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::io("detaching the dead mount at", &abs, e.into()))
+            }
+        }
+    }
+}
+
+/// The file system type of the mount exactly at `path` (per
+/// `/proc/self/mountinfo`; the last one if several are stacked).
+fn mount_type(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_string_lossy();
+    info.lines().rev().find_map(|l| {
+        let mut f = l.split(' ');
+        let mp = f.nth(4)?;
+        if unescape_mountinfo(mp) != want {
+            return None;
+        }
+        // After the optional fields, "-", then the type.
+        let mut rest = f.skip_while(|x| *x != "-");
+        rest.next();
+        rest.next().map(str::to_string)
+    })
 }
 
 /// Unmounts whatever clip mount is at `mountpoint` (for `clipctl umount`).

@@ -1,7 +1,7 @@
 //! FUSE mount tests: the mounted tree equals `umoci unpack` of the same image, 32
 //! threads of random reads are byte-exact, a cold read inflates one span and a
 //! second touches no source bytes, and the span cache survives SIGKILL and
-//! corruption. They need root and /dev/fuse: without them they fail, never skip.
+//! corruption; a mount point left dead by SIGKILL is detached and mounted again. They need root and /dev/fuse: without them they fail, never skip.
 
 mod util;
 
@@ -194,7 +194,8 @@ fn span_cache_survives_sigkill_and_detects_corruption() {
     for (name, want) in files.iter().step_by(3) {
         assert!(std::fs::read(m.dir.join(name)).unwrap() == *want, "{name}");
     }
-    // SIGKILL the mount process mid-life: the mount goes stale; clean it up.
+    // SIGKILL the mount process mid-life: the mount goes stale (ENOTCONN) and is
+    // left there, as a crashed worker leaves it.
     let status = Command::new("pkill")
         .arg("-KILL")
         .arg("-f")
@@ -202,9 +203,16 @@ fn span_cache_survives_sigkill_and_detects_corruption() {
         .status()
         .unwrap();
     assert!(status.success(), "no mount process to kill");
-    std::thread::sleep(Duration::from_millis(200));
-    let _ = Command::new("umount").arg("-l").arg(&m.dir).status();
-    drop(m);
+    let t = Instant::now();
+    let stale = loop {
+        match std::fs::read_dir(&m.dir) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => break true,
+            _ if t.elapsed() > Duration::from_secs(10) => break false,
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    assert!(stale, "the killed mount did not go stale");
+    std::mem::forget(m);
     // Corrupt one cached span file.
     let span_files: Vec<PathBuf> = walk_files(&cache.join("spans"));
     assert!(!span_files.is_empty(), "nothing was cached");
@@ -213,8 +221,11 @@ fn span_cache_survives_sigkill_and_detects_corruption() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(victim, bytes).unwrap();
-    // Remount with the same cache: every byte still right; the corruption is seen.
+    // Remount on the dead mount point with the same cache: the stale mount is
+    // detached, every byte is still right, the corruption is seen.
     let m = Mounted::new(&archive, &layout, &mnt, &cache);
+    let log = std::fs::read_to_string(mnt.with_extension("log")).unwrap_or_default();
+    assert!(log.contains("detaching a dead FUSE mount"), "{log}");
     for (name, want) in &files {
         let got = std::fs::read(m.dir.join(name)).unwrap_or_else(|e| {
             let log = std::fs::read_to_string(mnt.with_extension("log")).unwrap_or_default();
