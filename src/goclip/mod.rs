@@ -694,6 +694,17 @@ impl GoArchive {
                     if n.data_pos == 0 {
                         return Err(Error::format(format!("index: {p:?} has no data block")));
                     }
+                    // Bounded here so that block arithmetic never overflows later.
+                    if n.data_pos
+                        .checked_add(n.data_len)
+                        .and_then(|e| e.checked_add(CHECKSUM_SIZE))
+                        .is_none_or(|e| e > i64::MAX as u64)
+                    {
+                        return Err(Error::format(format!(
+                            "index: {p:?}'s data block ({} bytes at {}) is out of range",
+                            n.data_len, n.data_pos
+                        )));
+                    }
                     if matches!(self.storage, Storage::Local)
                         && n.data_pos
                             .checked_add(n.data_len + CHECKSUM_SIZE)

@@ -77,7 +77,22 @@ fn data_end(go: &GoArchive, archive: &Path, data: &Path) -> Result<u64> {
             data.display()
         )));
     }
-    Ok(super::read(data)?.index_pos)
+    // Its header says where its index (and so the end of its data) is.
+    let mut h = [0u8; super::HEADER_SIZE];
+    std::fs::File::open(data)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut h))
+        .ctx("reading the header of", data)?;
+    let pos = i64::from_le_bytes(h[18..26].try_into().expect("8 bytes"));
+    let size = std::fs::metadata(data)
+        .ctx("reading metadata of", data)?
+        .len();
+    if pos < super::HEADER_SIZE as i64 || pos as u64 > size {
+        return Err(Error::format(format!(
+            "{}: its header puts the index at {pos}, outside the file ({size} bytes)",
+            data.display()
+        )));
+    }
+    Ok(pos as u64)
 }
 
 fn v1_image(go: &GoArchive, archive: &Path, data: &Path, dir: &Path) -> Result<Image> {
