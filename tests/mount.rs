@@ -1,7 +1,8 @@
 //! FUSE mount tests: the mounted tree equals `umoci unpack` of the same image, 32
 //! threads of random reads are byte-exact, a cold read inflates one span and a
 //! second touches no source bytes, and the span cache survives SIGKILL and
-//! corruption; a mount point left dead by SIGKILL is detached and mounted again. They need root and /dev/fuse: without them they fail, never skip.
+//! corruption; a mount point left dead by SIGKILL is detached and mounted again; a
+//! full cache disk is a pass-through. They need root and /dev/fuse: without them they fail, never skip.
 
 mod util;
 
@@ -251,4 +252,67 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// Unmounts a tmpfs when dropped.
+struct TmpfsGuard(PathBuf);
+
+impl Drop for TmpfsGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_cache_disk_is_a_pass_through_not_an_error() {
+    require_fuse();
+    let d = tmp("clip-enospc-");
+    let layout = d.path().join("layout");
+    multi_span_layout(&layout, "m");
+    let archive = d.path().join("m.clip");
+    index(&layout, "m", &archive);
+    // A 3 MiB file system for a cache that would need ~17 MiB, with no free-space
+    // floor: span writes hit ENOSPC.
+    let cache = d.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&cache)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a tmpfs at {}", cache.display());
+    let _guard = TmpfsGuard(cache.clone());
+    let m = Mounted::with_args(
+        &archive,
+        &d.path().join("mnt"),
+        &cache,
+        &[
+            std::ffi::OsStr::new("--layout"),
+            layout.as_os_str(),
+            std::ffi::OsStr::new("--cache-min-free"),
+            std::ffi::OsStr::new("0"),
+        ],
+    );
+    let want: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| (format!("data/blob{i}"), pseudo_random_bytes(i, 3 << 20)))
+        .chain([
+            ("data/text".to_string(), compressible_bytes(5 << 20)),
+            (
+                "etc/motd".to_string(),
+                b"hello from the top layer\n".to_vec(),
+            ),
+        ])
+        .collect();
+    for round in 0..2 {
+        for (name, bytes) in &want {
+            let got = std::fs::read(m.dir.join(name))
+                .unwrap_or_else(|e| panic!("{name} (round {round}) with the cache disk full: {e}"));
+            assert!(got == *bytes, "{name} (round {round}) differs");
+        }
+        // Drop the page cache of the mount so the second round reads again.
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    }
+    let s = m.stats();
+    assert!(s["uncached"].as_u64().unwrap_or(0) >= 1, "{s}");
+    m.unmount();
 }
