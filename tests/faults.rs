@@ -46,6 +46,11 @@ fn setup(name: &str) -> Setup {
     }
 }
 
+/// A proxy with `faults` in front of the setup's registry.
+fn faulty(s: &Setup, faults: Faults) -> Proxy {
+    Proxy::with_faults(&s.reg.host(), false, faults)
+}
+
 impl Setup {
     /// A `'static` request-line filter for layer `i`'s blob.
     fn layer(&self, i: usize) -> &'static str {
@@ -77,9 +82,8 @@ fn create_survives_resets_mid_layer() {
     let base = s.baseline();
     // The first layer's stream (~12 MiB) is reset 1 MiB in, three times: every
     // attempt (the first GET and each resuming Range request) breaks.
-    let proxy = Proxy::with_faults(
-        &s.reg.host(),
-        false,
+    let proxy = faulty(
+        &s,
         Faults {
             reset_every: 1,
             reset_after: 1 << 20,
@@ -105,9 +109,8 @@ fn create_survives_resets_of_manifest_config_and_layer_bodies() {
     let s = setup("reset-small");
     // Every 2nd request (manifest, config, layers, resumptions) is reset 10 bytes
     // into its body: on main the manifest or config read had no retry.
-    let proxy = Proxy::with_faults(
-        &s.reg.host(),
-        false,
+    let proxy = faulty(
+        &s,
         Faults {
             reset_every: 2,
             reset_after: 10,
@@ -139,9 +142,8 @@ fn create_refetches_a_layer_corrupted_in_flight_then_fails_naming_it() {
     let base = s.baseline();
     // One byte of the first layer flipped 5 MiB in, on its first two fetches:
     // the third is clean.
-    let proxy = Proxy::with_faults(
-        &s.reg.host(),
-        false,
+    let proxy = faulty(
+        &s,
         Faults {
             corrupt_every: 1,
             corrupt_at: 5 << 20,
@@ -157,9 +159,8 @@ fn create_refetches_a_layer_corrupted_in_flight_then_fails_naming_it() {
 
     // The config corrupted once: fetched again.
     let config: &'static str = Box::leak(s.info.config.digest.clone().into_boxed_str());
-    let proxy = Proxy::with_faults(
-        &s.reg.host(),
-        false,
+    let proxy = faulty(
+        &s,
         Faults {
             corrupt_every: 1,
             corrupt_at: 10,
@@ -174,9 +175,8 @@ fn create_refetches_a_layer_corrupted_in_flight_then_fails_naming_it() {
     eprintln!("FAULT corrupt byte in the config: create {took:?}");
 
     // Always corrupted: three fetches, then an error naming the layer.
-    let proxy = Proxy::with_faults(
-        &s.reg.host(),
-        false,
+    let proxy = faulty(
+        &s,
         Faults {
             corrupt_every: 1,
             corrupt_at: 5 << 20,
@@ -247,9 +247,8 @@ fn lazy_reads_refetch_a_span_corrupted_in_flight_then_fail() {
     let clean = Proxy::start(&s.reg.host(), false);
     let base = read_tree(&archive_via(&s, &clean, "clean"));
     // Every 2nd blob range corrupted, once each: every byte served is right.
-    let proxy = Proxy::with_faults(
-        &s.reg.host(),
-        false,
+    let proxy = faulty(
+        &s,
         Faults {
             corrupt_every: 2,
             corrupt_at: 1000,
@@ -264,9 +263,8 @@ fn lazy_reads_refetch_a_span_corrupted_in_flight_then_fail() {
         proxy.injected()
     );
     // Always corrupted: the read fails after three fetches, never a wrong byte.
-    let proxy = Proxy::with_faults(
-        &s.reg.host(),
-        false,
+    let proxy = faulty(
+        &s,
         Faults {
             corrupt_every: 1,
             corrupt_at: 1000,
@@ -292,9 +290,8 @@ fn mounted_reads_refetch_spans_corrupted_in_flight() {
     let s = setup("corrupt-mount");
     // Every 2nd blob range corrupted: the mount's span cache (Store) writes each
     // span file again from its start, and serves the right bytes.
-    let proxy = Proxy::with_faults(
-        &s.reg.host(),
-        false,
+    let proxy = faulty(
+        &s,
         Faults {
             corrupt_every: 2,
             corrupt_at: 1000,
@@ -325,9 +322,8 @@ fn stalled_bodies_are_abandoned_within_seconds() {
     let base = s.baseline();
     // The first layer's stream stops for 60 s 1 MiB in (the old whole-read
     // timeout was 30 s per stall).
-    let proxy = Proxy::with_faults(
-        &s.reg.host(),
-        false,
+    let proxy = faulty(
+        &s,
         Faults {
             stall_every: 1,
             stall_after: 1 << 20,
@@ -343,9 +339,8 @@ fn stalled_bodies_are_abandoned_within_seconds() {
     eprintln!("FAULT layer stream stalls 60 s: create {took:?} (clean {base:?})");
 
     // A lazy read whose range stalls.
-    let proxy = Proxy::with_faults(
-        &s.reg.host(),
-        false,
+    let proxy = faulty(
+        &s,
         Faults {
             stall_every: 1,
             stall_after: 100 << 10,
@@ -367,9 +362,8 @@ fn stalled_bodies_are_abandoned_within_seconds() {
     eprintln!("FAULT span range stalls 60 s: cat {took:?}");
 
     // The stall timeout is an option.
-    let proxy = Proxy::with_faults(
-        &s.reg.host(),
-        false,
+    let proxy = faulty(
+        &s,
         Faults {
             stall_every: 1,
             stall_after: 1 << 20,
@@ -396,9 +390,8 @@ fn throttling_429_retry_after_is_honoured_within_a_budget() {
     let clean = Proxy::start(&s.reg.host(), false);
     let base = read_tree(&archive_via(&s, &clean, "clean"));
     // One blob request in three answered 429 with Retry-After: 1.
-    let proxy = Proxy::with_faults(
-        &s.reg.host(),
-        false,
+    let proxy = faulty(
+        &s,
         Faults {
             throttle_every: 3,
             retry_after: 1,
@@ -419,9 +412,8 @@ fn throttling_429_retry_after_is_honoured_within_a_budget() {
         "{took:?} for {n} 429s"
     );
     // Always 429: the read fails after its attempts, within seconds.
-    let proxy = Proxy::with_faults(
-        &s.reg.host(),
-        false,
+    let proxy = faulty(
+        &s,
         Faults {
             throttle_every: 1,
             retry_after: 1,
@@ -448,9 +440,8 @@ fn tree_read_through_a_proxy_stalling_one_request_in_three() {
     let base = read_tree(&archive_via(&s, &clean, "clean"));
     // One blob request in three stalls for 60 s after 100 KiB; read with a 2 s
     // stall timeout (each stall costs about that, resumed from where it broke).
-    let proxy = Proxy::with_faults(
-        &s.reg.host(),
-        false,
+    let proxy = faulty(
+        &s,
         Faults {
             stall_every: 3,
             stall_after: 100 << 10,
