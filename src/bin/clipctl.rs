@@ -237,6 +237,12 @@ struct RegistryArgs {
     /// (Retry-After and backoff) [default: 30].
     #[arg(long, value_name = "SECS")]
     retry_budget: Option<f64>,
+    /// A lazy read that makes no progress for this many seconds sends a second,
+    /// hedged request for the rest of its range: SECS, `auto` (4 times the usual
+    /// time to first byte, 0.1 s at least, half the stall timeout at most) or
+    /// `off` [default: auto].
+    #[arg(long, value_name = "SECS|auto|off")]
+    hedge_after: Option<clip::registry::Hedge>,
 }
 
 impl RegistryArgs {
@@ -282,6 +288,7 @@ impl RegistryArgs {
             stall_timeout: secs("stall-timeout", self.stall_timeout, d.stall_timeout)?,
             retry_budget: secs("retry-budget", self.retry_budget, d.retry_budget)?,
             attempts: self.registry_attempts.unwrap_or(d.attempts).max(1),
+            hedge: self.hedge_after.unwrap_or(d.hedge),
             ..d
         };
         // A bad registries.conf fails now, naming the file, not at the first
@@ -872,6 +879,15 @@ fn stats_json(mut v: serde_json::Value) -> String {
     if let Some(o) = v.as_object_mut() {
         o.insert("registry_requests".into(), requests.into());
         o.insert("registry_bytes".into(), bytes.into());
+        let h = &clip::registry::hedge::HEDGES;
+        o.insert(
+            "registry_hedges".into(),
+            h.sent.load(std::sync::atomic::Ordering::Relaxed).into(),
+        );
+        o.insert(
+            "registry_hedges_won".into(),
+            h.won.load(std::sync::atomic::Ordering::Relaxed).into(),
+        );
     }
     v.to_string()
 }

@@ -54,6 +54,7 @@ use crate::oci::{self, Desc, ManifestKind, Platform, ResolvedImage};
 
 use super::RegistryOptions;
 use super::auth::{self, Challenge, Credential, Resolved};
+use super::hedge::{HedgedReader, Latency};
 use super::mirror::{PullFromMirror, RequestKind};
 use super::proxy::ProxyRules;
 
@@ -196,6 +197,8 @@ pub struct Client {
     /// The mirrors in order, then the upstream (always last).
     sites: Vec<Site>,
     opts: RegistryOptions,
+    /// Time to first byte of range requests, for the hedge delay.
+    latency: Latency,
 }
 
 impl std::fmt::Debug for Client {
@@ -282,6 +285,7 @@ impl Client {
             http,
             sites,
             opts: opts.clone(),
+            latency: Latency::new(),
         })
     }
 
@@ -802,41 +806,68 @@ impl Client {
     }
 
     /// Reads `buf.len()` bytes of blob `digest` at `offset` with one Range request
-    /// (retried from where it broke if the connection drops).
-    pub fn read_range(&self, digest: &Digest, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let mut done = 0usize;
-        let mut failures = 0;
+    /// (hedged when it stalls, resumed from where it broke if the connection
+    /// drops; see [`open_blob_range`](Self::open_blob_range)).
+    pub fn read_range(
+        self: &Arc<Self>,
+        digest: &Digest,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        let mut r = self.open_blob_range(*digest, offset, end);
+        let mut done = 0;
         while done < buf.len() {
-            let pos = offset + done as u64;
-            let left = (buf.len() - done) as u64;
-            let mut resp = self.get_blob_at(digest, pos, Some(left))?;
-            match read_full(&mut resp, &mut buf[done..]) {
-                Ok(n) if done + n == buf.len() => return Ok(()),
-                Ok(n) => {
-                    done += n;
-                    failures += 1;
-                    if failures >= self.opts.attempts.max(1) {
-                        return Err(Error::format(format!(
-                            "{}: blob {digest} ended early at {} (wanted {} bytes at {offset})",
-                            self.name(),
-                            offset + done as u64,
-                            buf.len()
-                        )));
-                    }
+            match r.read(&mut buf[done..]) {
+                Ok(0) => {
+                    return Err(Error::format(format!(
+                        "{}: blob {digest} ended early at {} (wanted {} bytes at {offset})",
+                        self.name(),
+                        offset + done as u64,
+                        buf.len()
+                    )));
                 }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    failures += 1;
-                    if failures >= self.opts.attempts.max(1) {
-                        return Err(Error::Network(format!(
-                            "{}: reading blob {digest} at {pos}: {e}",
-                            self.name()
-                        )));
-                    }
-                    tracing::debug!(%digest, error = %e, "range read broke; resuming");
+                    return Err(match e.into_inner().map(|b| b.downcast::<Error>()) {
+                        Some(Ok(e)) => *e,
+                        Some(Err(e)) => Error::Network(format!(
+                            "{}: reading blob {digest} at {}: {e}",
+                            self.name(),
+                            offset + done as u64
+                        )),
+                        None => Error::Network(format!(
+                            "{}: reading blob {digest} at {}",
+                            self.name(),
+                            offset + done as u64
+                        )),
+                    });
                 }
             }
         }
         Ok(())
+    }
+
+    /// The options this client was made with.
+    pub(super) fn options(&self) -> &RegistryOptions {
+        &self.opts
+    }
+
+    /// The moving average of this client's time to first byte.
+    pub(super) fn latency(&self) -> &Latency {
+        &self.latency
+    }
+
+    /// Sends a GET for `len` bytes of `digest` from `offset` (see
+    /// [`get_blob_at`](Self::get_blob_at)).
+    pub(super) fn get_blob_range(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        len: u64,
+    ) -> Result<Response> {
+        self.get_blob_at(digest, offset, Some(len))
     }
 
     /// Streams the blob `desc` from the start; a dropped connection is resumed with a
@@ -848,26 +879,19 @@ impl Client {
             digest: desc.digest,
             end: desc.size,
             pos: 0,
-            ranged: false,
             resp: None,
             failures: 0,
             breaks: 0,
         }
     }
 
-    /// Streams `[start, end)` of blob `digest` with one Range request (resumed
-    /// where it broke if the connection drops).
-    pub fn open_blob_range(self: &Arc<Self>, digest: Digest, start: u64, end: u64) -> BlobReader {
-        BlobReader {
-            client: Arc::clone(self),
-            digest,
-            end,
-            pos: start,
-            ranged: true,
-            resp: None,
-            failures: 0,
-            breaks: 0,
-        }
+    /// Streams `[start, end)` of blob `digest` with one Range request, for a lazy
+    /// read: a request that makes no progress for the hedge delay
+    /// ([`RegistryOptions::hedge`](super::RegistryOptions::hedge)) is raced by a
+    /// second one from the last byte received ([`super::hedge`]); a body that
+    /// breaks is resumed where it broke.
+    pub fn open_blob_range(self: &Arc<Self>, digest: Digest, start: u64, end: u64) -> HedgedReader {
+        HedgedReader::new(Arc::clone(self), digest, start, end)
     }
 }
 
@@ -877,7 +901,6 @@ pub struct BlobReader {
     digest: Digest,
     end: u64,
     pos: u64,
-    ranged: bool,
     resp: Option<Response>,
     /// Breaks in a row without a byte of progress.
     failures: u32,
@@ -892,7 +915,7 @@ impl Read for BlobReader {
                 return Ok(0);
             }
             if self.resp.is_none() {
-                let len = (self.ranged || self.pos > 0).then(|| self.end - self.pos);
+                let len = (self.pos > 0).then(|| self.end - self.pos);
                 let r = self
                     .client
                     .get_blob_at(&self.digest, self.pos, len)
@@ -954,26 +977,6 @@ fn with_note(e: Error, note: &str) -> Error {
         Error::Invalid(m) => Error::Invalid(m + note),
         e => e,
     }
-}
-
-fn read_full(r: &mut Response, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => {
-                n += k;
-                TRANSFER.bytes.fetch_add(k as u64, Ordering::Relaxed);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if n > 0 => {
-                tracing::debug!(error = %e, "read broke after {n} bytes");
-                break;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 fn read_limited(resp: Response, limit: u64) -> Result<Vec<u8>> {

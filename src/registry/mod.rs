@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod hedge;
 pub mod mirror;
 pub mod proxy;
 pub mod source;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 pub use auth::{Credential, CredentialFn};
 pub use client::{Client, TransferStats};
+pub use hedge::Hedge;
 pub use mirror::{Mirror, PullFromMirror, RegistriesConf, RegistryEntry};
 pub use proxy::ProxyConfig;
 pub use source::RegistrySource;
@@ -63,6 +65,11 @@ pub struct RegistryOptions {
     /// flight) is fetched again from its start before the call fails naming it
     /// (default 2).
     pub refetches: u32,
+    /// When a lazy range read that makes no progress sends a second, hedged
+    /// request for the rest of its range ([`hedge`]; default
+    /// [`Hedge::Auto`]: after 4 times the usual time to first byte, 100 ms at
+    /// least, half of `stall_timeout` at most).
+    pub hedge: Hedge,
     /// Mirrors and rewrites given directly (`clipctl --registry-mirror`). On a
     /// prefix that [`registries_conf`](Self::registries_conf) also has, this one
     /// wins.
@@ -116,6 +123,7 @@ impl Default for RegistryOptions {
             retry_wait_max: Duration::from_secs(10),
             retry_budget: Duration::from_secs(30),
             refetches: 2,
+            hedge: Hedge::Auto,
             registries: RegistriesConf::default(),
             registries_conf: None,
             proxy: ProxyConfig::Environment,
@@ -136,6 +144,7 @@ impl std::fmt::Debug for RegistryOptions {
             .field("retry_wait_max", &self.retry_wait_max)
             .field("retry_budget", &self.retry_budget)
             .field("refetches", &self.refetches)
+            .field("hedge", &self.hedge)
             .field("registries", &self.registries)
             .field("registries_conf", &self.registries_conf)
             .field("proxy", &self.proxy)
