@@ -107,7 +107,7 @@
 /**
  * Current version of `clip_registry_options`.
  */
-#define CLIP_REGISTRY_OPTIONS_VERSION 1
+#define CLIP_REGISTRY_OPTIONS_VERSION 2
 
 /**
  * Current version of `clip_create_options` (2 added the layer-index cache).
@@ -310,14 +310,44 @@ typedef struct clip_registry_options {
    */
   size_t plain_http_count;
   /**
-   * Timeout to connect, in milliseconds (default 30000). A response that makes
-   * no progress for 5 s is abandoned and retried (not settable here).
+   * Timeout to connect, in milliseconds (0: the default, 30000).
    */
   unsigned int timeout_ms;
   /**
-   * Attempts per request on 429, 5xx and dropped connections (default 5).
+   * Attempts per request on 429, 5xx, resets, stalls and dropped connections
+   * (0: the default, 5). A blob stream that breaks is resumed from where it
+   * broke and fails after this many breaks in a row without progress.
    */
   unsigned int attempts;
+  /**
+   * Version 2. A response that makes no progress (no header or body byte) for
+   * this many milliseconds is abandoned and retried on a fresh connection (0:
+   * the default, 5000).
+   */
+  unsigned int stall_timeout_ms;
+  /**
+   * Version 2. The longest one `Retry-After` of a 429 or 503 is honoured, in
+   * milliseconds (0: the default, 10000).
+   */
+  unsigned int retry_wait_max_ms;
+  /**
+   * Version 2. The most time one request waits between its attempts, in
+   * milliseconds; past it the registry's answer is the error (0: the default,
+   * 30000).
+   */
+  unsigned int retry_budget_ms;
+  /**
+   * Version 2. How many more times a blob whose bytes fail verification is
+   * fetched before the call fails (0: the default, 2).
+   */
+  unsigned int refetches;
+  /**
+   * Version 2. A lazy read that makes no progress for this many milliseconds
+   * sends a second, hedged request for the rest of its range: 0 for the
+   * default (automatic: 4 times the usual time to first byte, 100 ms at least,
+   * half of the stall timeout at most), -1 for never.
+   */
+  int hedge_after_ms;
 } clip_registry_options;
 
 /**

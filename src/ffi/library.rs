@@ -12,7 +12,7 @@ use super::*;
 // ---------------------------------------------------------------------------
 
 /// Current version of `clip_registry_options`.
-pub const CLIP_REGISTRY_OPTIONS_VERSION: c_uint = 1;
+pub const CLIP_REGISTRY_OPTIONS_VERSION: c_uint = 2;
 /// Current version of `clip_create_options` (2 added the layer-index cache).
 pub const CLIP_CREATE_OPTIONS_VERSION: c_uint = 2;
 /// Current version of `clip_layer_index_cache_callbacks`.

@@ -402,6 +402,66 @@ mod tests {
     }
 
     #[test]
+    fn older_registry_options() {
+        use crate::registry::{Hedge, RegistryOptions};
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        use std::time::Duration;
+        let stopped = Arc::new(AtomicBool::new(false));
+        let d = RegistryOptions::default();
+        // A version-1 caller's struct: init writes nothing past it, and the
+        // version-2 fields read as their defaults.
+        let v1 = <clip_registry_options as Versioned>::SIZES[0];
+        let full = std::mem::size_of::<clip_registry_options>();
+        assert!(v1 < full);
+        let mut buf = vec![u64::from_ne_bytes([0xAA; 8]); full / 8 + 4];
+        let p = buf.as_mut_ptr().cast::<clip_registry_options>();
+        assert_eq!(clip_registry_options_init(p, 1), CLIP_OK);
+        let bytes = buf
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect::<Vec<u8>>();
+        assert!(
+            bytes[v1..].iter().all(|&b| b == 0xAA),
+            "init wrote past version 1"
+        );
+        let r = registry_options(p.cast_const(), &stopped).unwrap();
+        assert_eq!(r.stall_timeout, d.stall_timeout);
+        assert_eq!(r.refetches, d.refetches);
+        assert_eq!(r.hedge, Hedge::Auto);
+        // Version 2 sets the retry policy; 0 keeps a default.
+        let mut cur = vec![0u64; full / 8 + 1];
+        let p = cur.as_mut_ptr().cast::<clip_registry_options>();
+        assert_eq!(
+            clip_registry_options_init(p, CLIP_REGISTRY_OPTIONS_VERSION),
+            CLIP_OK
+        );
+        // SAFETY: `p` points to an initialised struct inside `cur`.
+        let o = unsafe { &mut *p };
+        assert_eq!(o.stall_timeout_ms, 5000);
+        o.stall_timeout_ms = 1500;
+        o.retry_budget_ms = 0;
+        o.refetches = 4;
+        o.hedge_after_ms = -1;
+        let r = registry_options(p.cast_const(), &stopped).unwrap();
+        assert_eq!(r.stall_timeout, Duration::from_millis(1500));
+        assert_eq!(r.retry_budget, d.retry_budget);
+        assert_eq!(r.refetches, 4);
+        assert_eq!(r.hedge, Hedge::Off);
+        // SAFETY: as above.
+        let o = unsafe { &mut *p };
+        o.hedge_after_ms = 250;
+        let r = registry_options(p.cast_const(), &stopped).unwrap();
+        assert_eq!(r.hedge, Hedge::After(Duration::from_millis(250)));
+        // SAFETY: as above.
+        let o = unsafe { &mut *p };
+        o.hedge_after_ms = -7;
+        let e = registry_options(p.cast_const(), &stopped).err().unwrap();
+        assert_eq!(e.code, CLIP_EINVALID);
+        assert!(e.message.contains("hedge_after_ms -7"), "{}", e.message);
+    }
+
+    #[test]
     fn version_string() {
         // SAFETY: a static C string.
         let v = unsafe { CStr::from_ptr(clip_version()) };

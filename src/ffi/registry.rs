@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::error::Error;
-use crate::registry::{Credential, CredentialFn, RegistryOptions};
+use crate::registry::{Credential, CredentialFn, Hedge, RegistryOptions};
 
 // ---------------------------------------------------------------------------
 // Registry options and credentials
@@ -117,11 +117,41 @@ pub struct clip_registry_options {
     pub plain_http: *const *const c_char,
     /// Number of strings in `plain_http`.
     pub plain_http_count: usize,
-    /// Timeout to connect, in milliseconds (default 30000). A response that makes
-    /// no progress for 5 s is abandoned and retried (not settable here).
+    /// Timeout to connect, in milliseconds (0: the default, 30000).
     pub timeout_ms: c_uint,
-    /// Attempts per request on 429, 5xx and dropped connections (default 5).
+    /// Attempts per request on 429, 5xx, resets, stalls and dropped connections
+    /// (0: the default, 5). A blob stream that breaks is resumed from where it
+    /// broke and fails after this many breaks in a row without progress.
     pub attempts: c_uint,
+    /// Version 2. A response that makes no progress (no header or body byte) for
+    /// this many milliseconds is abandoned and retried on a fresh connection (0:
+    /// the default, 5000).
+    pub stall_timeout_ms: c_uint,
+    /// Version 2. The longest one `Retry-After` of a 429 or 503 is honoured, in
+    /// milliseconds (0: the default, 10000).
+    pub retry_wait_max_ms: c_uint,
+    /// Version 2. The most time one request waits between its attempts, in
+    /// milliseconds; past it the registry's answer is the error (0: the default,
+    /// 30000).
+    pub retry_budget_ms: c_uint,
+    /// Version 2. How many more times a blob whose bytes fail verification is
+    /// fetched before the call fails (0: the default, 2).
+    pub refetches: c_uint,
+    /// Version 2. A lazy read that makes no progress for this many milliseconds
+    /// sends a second, hedged request for the rest of its range: 0 for the
+    /// default (automatic: 4 times the usual time to first byte, 100 ms at least,
+    /// half of the stall timeout at most), -1 for never.
+    pub hedge_after_ms: c_int,
+}
+
+// SAFETY: `#[repr(C)]`, integers, raw pointers and an `Option` of a function
+// pointer (all valid when zeroed), the version first; SIZES from the fields.
+unsafe impl Versioned for clip_registry_options {
+    const NAME: &'static str = "clip_registry_options";
+    const SIZES: &'static [usize] = &[
+        std::mem::offset_of!(clip_registry_options, stall_timeout_ms),
+        std::mem::size_of::<clip_registry_options>(),
+    ];
 }
 
 /// Fills `opts` with the defaults of `version` (pass
@@ -142,7 +172,8 @@ pub extern "C" fn clip_registry_options_init(
         )?;
         let o = c_out_struct(opts, "opts")?;
         let d = RegistryOptions::default();
-        write_struct(
+        let ms = |d: Duration| d.as_millis().min(c_uint::MAX as u128) as c_uint;
+        write_versioned(
             o,
             clip_registry_options {
                 version,
@@ -155,9 +186,15 @@ pub extern "C" fn clip_registry_options_init(
                 auth_file: std::ptr::null(),
                 plain_http: std::ptr::null(),
                 plain_http_count: 0,
-                timeout_ms: d.timeout.as_millis().min(c_uint::MAX as u128) as c_uint,
+                timeout_ms: ms(d.timeout),
                 attempts: d.attempts,
+                stall_timeout_ms: ms(d.stall_timeout),
+                retry_wait_max_ms: ms(d.retry_wait_max),
+                retry_budget_ms: ms(d.retry_budget),
+                refetches: d.refetches,
+                hedge_after_ms: 0,
             },
+            version,
         );
         Ok(())
     })
@@ -216,12 +253,7 @@ pub(super) fn registry_options(
     if p.is_null() {
         return Ok(r);
     }
-    let o = c_ref(p, "registry")?;
-    check_version(
-        "clip_registry_options",
-        o.version,
-        CLIP_REGISTRY_OPTIONS_VERSION,
-    )?;
+    let o = &c_versioned(p, "registry")?;
     r.credential = match o.credential_kind {
         CLIP_CREDENTIAL_DEFAULT => None,
         CLIP_CREDENTIAL_ANONYMOUS => Some(Credential::Anonymous),
@@ -270,5 +302,28 @@ pub(super) fn registry_options(
     if o.attempts > 0 {
         r.attempts = o.attempts;
     }
+    let ms = |v: c_uint| Duration::from_millis(v as u64);
+    if o.stall_timeout_ms > 0 {
+        r.stall_timeout = ms(o.stall_timeout_ms);
+    }
+    if o.retry_wait_max_ms > 0 {
+        r.retry_wait_max = ms(o.retry_wait_max_ms);
+    }
+    if o.retry_budget_ms > 0 {
+        r.retry_budget = ms(o.retry_budget_ms);
+    }
+    if o.refetches > 0 {
+        r.refetches = o.refetches;
+    }
+    r.hedge = match o.hedge_after_ms {
+        0 => Hedge::Auto,
+        -1 => Hedge::Off,
+        v if v > 0 => Hedge::After(Duration::from_millis(v as u64)),
+        v => {
+            return Err(Failure::invalid(format!(
+                "registry->hedge_after_ms {v}: expected 0 (automatic), -1 (never) or a positive number of milliseconds"
+            )));
+        }
+    };
     Ok(r)
 }
