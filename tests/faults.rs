@@ -438,24 +438,54 @@ fn tree_read_through_a_proxy_stalling_one_request_in_three() {
     let s = setup("stall-third");
     let clean = Proxy::start(&s.reg.host(), false);
     let base = read_tree(&archive_via(&s, &clean, "clean"));
-    // One blob request in three stalls for 60 s after 100 KiB; read with a 2 s
-    // stall timeout (each stall costs about that, resumed from where it broke).
-    let proxy = faulty(
-        &s,
-        Faults {
-            stall_every: 3,
-            stall_after: 100 << 10,
-            stall_for: Duration::from_secs(60),
-            only: Some("/blobs/"),
-            ..Faults::default()
-        },
-    );
+    // One blob request in three stalls for 60 s after 100 KiB. With the default
+    // options a stalled lazy read is hedged: a second request races it from the
+    // last byte received, after 4 times the usual time to first byte.
+    let stalling = || {
+        faulty(
+            &s,
+            Faults {
+                stall_every: 3,
+                stall_after: 100 << 10,
+                stall_for: Duration::from_secs(60),
+                only: Some("/blobs/"),
+                ..Faults::default()
+            },
+        )
+    };
+    let proxy = stalling();
     let archive = archive_via(&s, &proxy, "stall-third");
+    let t = Instant::now();
+    let (mut hedges, mut won) = (0, 0);
+    for (path, want) in tree_files() {
+        let out = ok(clipctl().arg("cat").arg("--stats").arg(&archive).arg(path));
+        assert!(out.stdout == want, "{path} differs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let stats: Value = serde_json::from_str(err.lines().last().unwrap_or("{}")).unwrap();
+        hedges += stats["registry_hedges"].as_u64().unwrap();
+        won += stats["registry_hedges_won"].as_u64().unwrap();
+    }
+    let took = t.elapsed();
+    let n = proxy.injected();
+    eprintln!(
+        "FAULT 1 in 3 blob requests stalls (x{n}), hedged: tree read {took:?} (clean {base:?}), {hedges} hedges, {won} won"
+    );
+    assert!(n >= 3, "only {n} stalls");
+    assert!(won >= 1, "no hedge won");
+    // The budget: at most 2x the clean time plus a few seconds.
+    assert!(
+        took <= base * 2 + Duration::from_secs(3),
+        "{took:?} for {n} stalls (clean {base:?})"
+    );
+
+    // Without hedging each stall costs the stall timeout.
+    let proxy = stalling();
+    let archive = archive_via(&s, &proxy, "stall-third-off");
     let t = Instant::now();
     for (path, want) in tree_files() {
         let out = ok(clipctl()
             .arg("cat")
-            .args(["--stall-timeout", "2"])
+            .args(["--hedge-after", "off", "--stall-timeout", "2"])
             .arg(&archive)
             .arg(path));
         assert!(out.stdout == want, "{path} differs");
@@ -463,11 +493,112 @@ fn tree_read_through_a_proxy_stalling_one_request_in_three() {
     let took = t.elapsed();
     let n = proxy.injected();
     eprintln!(
-        "FAULT 1 in 3 blob requests stalls (x{n}), --stall-timeout 2: tree read {took:?} (clean {base:?})"
+        "FAULT 1 in 3 blob requests stalls (x{n}), --hedge-after off --stall-timeout 2: tree read {took:?}"
     );
-    // Each stall costs the stall timeout and a short backoff, nothing more.
+    // (No lower bound: a read that has its file's bytes stops before a stall
+    // that comes later in its span.)
+}
+
+/// Span files under `dir` (recursively): `(path, is_temporary)`.
+fn cache_files(dir: &Path) -> Vec<(std::path::PathBuf, bool)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(cache_files(&p));
+        } else {
+            let tmp = e.file_name().to_string_lossy().starts_with(".tmp-");
+            out.push((p, tmp));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_mount_killed_mid_span_write_leaves_nothing_served_unverified() {
+    require_fuse();
+    let s = setup("crash-write");
+    // The first span range stalls 60 s after 1 MiB, so the span's temporary file
+    // in the cache is half written when the mount process is killed.
+    let proxy = faulty(
+        &s,
+        Faults {
+            stall_every: 1,
+            stall_after: 1 << 20,
+            stall_for: Duration::from_secs(60),
+            only: Some("/blobs/"),
+            limit: 1,
+            ..Faults::default()
+        },
+    );
+    let archive = archive_via(&s, &proxy, "crash");
+    let d = s.dir.path();
+    let (cache, mnt) = (d.join("cache"), d.join("mnt"));
+    let slow: Vec<&std::ffi::OsStr> = ["--hedge-after", "off", "--stall-timeout", "60"]
+        .iter()
+        .map(|a| a.as_ref())
+        .collect();
+    let m = Mounted::with_args(&archive, &mnt, &cache, &slow);
+    let file = m.dir.join("data/blob0");
+    let reader = std::thread::spawn(move || std::fs::read(file));
+    let t = Instant::now();
+    let partial = loop {
+        let tmp = cache_files(&cache.join("spans"))
+            .into_iter()
+            .find(|(p, tmp)| *tmp && std::fs::metadata(p).is_ok_and(|m| m.len() > 0));
+        match tmp {
+            Some((p, _)) => break p,
+            None if t.elapsed() > Duration::from_secs(20) => {
+                panic!("no partly written span file in {}", cache.display())
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let status = std::process::Command::new("pkill")
+        .arg("-KILL")
+        .arg("-f")
+        .arg(format!("clipctl mount {}", archive.display()))
+        .status()
+        .unwrap();
+    assert!(status.success(), "no mount process to kill");
+    let read = reader.join().unwrap();
+    assert!(read.is_err(), "a read of the killed mount succeeded");
+    std::mem::forget(m);
+    let left = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "FAULT mount SIGKILLed mid span write: {left} bytes left in {}",
+        partial.display()
+    );
+    // Nothing under a span's real name is partial or wrong: each name is the
+    // BLAKE3 of its bytes.
+    for (p, tmp) in cache_files(&cache.join("spans")) {
+        if !tmp {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let bytes = std::fs::read(&p).unwrap();
+            assert_eq!(
+                blake3::hash(&bytes).to_hex().as_str(),
+                name,
+                "{}",
+                p.display()
+            );
+        }
+    }
+    // The half-written file is a temporary; once old, the next mount removes it.
+    ok(std::process::Command::new("touch")
+        .args(["-d", "5 minutes ago"])
+        .arg(&partial));
+    let m = Mounted::with_args(&archive, &mnt, &cache, &[]);
+    for (path, want) in tree_files() {
+        let got = std::fs::read(m.dir.join(&path[1..])).unwrap();
+        assert!(got == want, "{path} differs after the crash");
+    }
     assert!(
-        took <= base + Duration::from_millis(2600) * n as u32 + Duration::from_secs(3),
-        "{took:?} for {n} stalls"
+        !partial.exists(),
+        "{} was not cleaned up",
+        partial.display()
     );
+    m.unmount();
 }
