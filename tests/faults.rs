@@ -602,3 +602,84 @@ fn a_mount_killed_mid_span_write_leaves_nothing_served_unverified() {
     );
     m.unmount();
 }
+
+/// An index-only archive of the setup's image whose layers are fetched from
+/// `host` (which may be no registry at all).
+fn archive_for_host(s: &Setup, host: &str, name: &str) -> std::path::PathBuf {
+    let archive = s.dir.path().join(format!("{name}.clip"));
+    ok(clipctl()
+        .arg("create")
+        .arg(format!("{}/app:v1", s.reg.host()))
+        .arg("--storage-ref")
+        .arg(format!("{host}/app:v1"))
+        .arg("--out")
+        .arg(&archive));
+    archive
+}
+
+#[test]
+fn registry_gone_after_caching_serves_cached_files_and_eio_for_the_rest() {
+    require_fuse();
+    let s = setup("gone");
+    let d = s.dir.path();
+    let cache = d.join("cache");
+    let files = tree_files();
+    let cached = &files[0]; // /data/blob0: spans 0-1 of layer 0
+    let uncached = [&files[3], &files[4]]; // the end of layer 0; layer 1
+    // Warm the shared span cache through a working registry.
+    let clean = Proxy::start(&s.reg.host(), false);
+    let m = Mounted::with_args(
+        &archive_via(&s, &clean, "warm"),
+        &d.join("mnt-warm"),
+        &cache,
+        &[],
+    );
+    assert!(std::fs::read(m.dir.join(&cached.0[1..])).unwrap() == cached.1);
+    m.unmount();
+
+    // Nothing listens where the registry was (connection refused), default
+    // options; then a registry that accepts connections and never answers, with a
+    // 1 s stall timeout and 2 attempts.
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_host = silent.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let quick: Vec<&std::ffi::OsStr> = ["--stall-timeout", "1", "--registry-attempts", "2"]
+        .iter()
+        .map(|a| a.as_ref())
+        .collect();
+    for (what, host, args, bound) in [
+        ("refused", refused.as_str(), &[][..], Duration::from_secs(15)),
+        ("silent", silent_host.as_str(), &quick[..], Duration::from_secs(20)),
+    ] {
+        let archive = archive_for_host(&s, host, what);
+        let m = Mounted::with_args(&archive, &d.join(format!("mnt-{what}")), &cache, args);
+        let t = Instant::now();
+        assert!(
+            std::fs::read(m.dir.join(&cached.0[1..])).unwrap() == cached.1,
+            "{what}: cached file differs"
+        );
+        let hit = t.elapsed();
+        for (path, _) in uncached {
+            let t = Instant::now();
+            let e = std::fs::read(m.dir.join(&path[1..])).unwrap_err();
+            let took = t.elapsed();
+            assert_eq!(e.raw_os_error(), Some(libc::EIO), "{what}: {path}: {e}");
+            assert!(took < bound, "{what}: {path}: EIO after {took:?}");
+            eprintln!(
+                "FAULT registry {what} after caching: cached file in {hit:?}, uncached {path} EIO after {took:?}"
+            );
+        }
+        // The mount is alive and still serves what it has.
+        assert!(std::fs::read(m.dir.join(&cached.0[1..])).unwrap() == cached.1);
+        m.unmount();
+    }
+}

@@ -155,8 +155,10 @@ struct Request {
 
 /// A reader over `[pos, end)` of a blob whose requests are hedged (see the
 /// module documentation). Errors and retries follow [`super::client::BlobReader`]:
-/// a request that cannot be sent is the error; a body that breaks is resumed from
-/// where it broke, failing after `attempts` breaks in a row without progress.
+/// a request that gets no usable response after the client's retries is the
+/// error (at once, whatever its racing twin is doing); a body that breaks is
+/// resumed from where it broke, failing after `attempts` breaks in a row without
+/// progress.
 pub struct HedgedReader {
     client: Arc<Client>,
     digest: Digest,
@@ -302,12 +304,15 @@ impl HedgedReader {
                         continue;
                     }
                     req.alive = false;
-                    if self.alive() > 0 {
-                        tracing::debug!(digest = %self.digest, error = %err, "one request of a hedged read failed; the other goes on");
-                        continue;
-                    }
                     if fatal {
+                        // The client's own retries are spent (unreachable, 4xx,
+                        // throttled past the budget): a request racing this one
+                        // meets the same registry.
                         return Err(io::Error::other(err));
+                    }
+                    if self.alive() > 0 {
+                        tracing::debug!(digest = %self.digest, error = %err, "one request of a hedged read broke; the other goes on");
+                        continue;
                     }
                     self.failures += 1;
                     if self.failures >= self.client.options().attempts.max(1) {
