@@ -199,6 +199,8 @@ pub struct Client {
     opts: RegistryOptions,
     /// Time to first byte of range requests, for the hedge delay.
     latency: Latency,
+    /// Until when a registry answer (429, 5xx) asked us to wait: no hedges then.
+    throttled_until: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -286,6 +288,7 @@ impl Client {
             sites,
             opts: opts.clone(),
             latency: Latency::new(),
+            throttled_until: Mutex::new(None),
         })
     }
 
@@ -513,6 +516,7 @@ impl Client {
                     }
                     last = format!("{}", resp.status());
                     tracing::debug!(%what, status = %resp.status(), ?wait, "retrying");
+                    self.throttle(wait);
                     std::thread::sleep(wait);
                     waited += wait;
                 }
@@ -852,6 +856,29 @@ impl Client {
     /// The options this client was made with.
     pub(super) fn options(&self) -> &RegistryOptions {
         &self.opts
+    }
+
+    /// Notes that the registry asked for a wait of `d` (no hedges till then).
+    fn throttle(&self, d: Duration) {
+        let until = Instant::now() + d;
+        let mut t = self
+            .throttled_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if t.is_none_or(|old| old < until) {
+            *t = Some(until);
+        }
+    }
+
+    /// How much longer the registry asked us to wait (zero: not throttled).
+    pub(super) fn throttled_for(&self) -> Duration {
+        let t = self
+            .throttled_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        t.map_or(Duration::ZERO, |u| {
+            u.saturating_duration_since(Instant::now())
+        })
     }
 
     /// The moving average of this client's time to first byte.

@@ -11,6 +11,10 @@
 //! first byte seen on this client (a moving average), at least 100 ms and at most
 //! half the stall timeout.
 //!
+//! No hedge is sent while the registry asked the client to wait (a `429` or
+//! `5xx` being retried after its `Retry-After` or backoff): hedging then would
+//! only be the request the registry is refusing.
+//!
 //! Each request runs on a thread of its own that reads its body into a channel;
 //! chunks carry their blob offset, so the reader takes from any request the bytes
 //! past what it already has. At most two requests of one read are alive at a time.
@@ -250,9 +254,22 @@ impl HedgedReader {
             }
             let msg = match self.delay {
                 Some(d) if self.alive() < 2 && self.hedges < self.client.options().attempts => {
-                    let wait = d.saturating_sub(self.last_progress.elapsed());
+                    // No hedge while the registry asked us to wait (429/503 with
+                    // Retry-After, or backoff after 5xx): a hedge would be the
+                    // request it is refusing.
+                    let throttled = self.client.throttled_for();
+                    if !throttled.is_zero() {
+                        // The delay counts from the end of the wait.
+                        self.last_progress = self.last_progress.max(Instant::now() + throttled);
+                    }
+                    let wait = (self.last_progress + d).saturating_duration_since(Instant::now());
                     match self.rx.recv_timeout(wait) {
                         Ok(m) => m,
+                        Err(RecvTimeoutError::Timeout)
+                            if !self.client.throttled_for().is_zero() =>
+                        {
+                            continue;
+                        }
                         Err(RecvTimeoutError::Timeout) => {
                             tracing::debug!(digest = %self.digest, pos = self.pos, delay = ?d, "range read made no progress; sending a hedged request");
                             HEDGES.sent.fetch_add(1, Ordering::Relaxed);
