@@ -657,8 +657,18 @@ fn registry_gone_after_caching_serves_cached_files_and_eio_for_the_rest() {
         .map(|a| a.as_ref())
         .collect();
     for (what, host, args, bound) in [
-        ("refused", refused.as_str(), &[][..], Duration::from_secs(15)),
-        ("silent", silent_host.as_str(), &quick[..], Duration::from_secs(20)),
+        (
+            "refused",
+            refused.as_str(),
+            &[][..],
+            Duration::from_secs(15),
+        ),
+        (
+            "silent",
+            silent_host.as_str(),
+            &quick[..],
+            Duration::from_secs(20),
+        ),
     ] {
         let archive = archive_for_host(&s, host, what);
         let m = Mounted::with_args(&archive, &d.join(format!("mnt-{what}")), &cache, args);
