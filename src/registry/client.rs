@@ -112,6 +112,10 @@ const MIRROR_BACKOFF: Duration = Duration::from_secs(10);
 const MIRROR_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Attempts per request on a mirror (the next mirror or the upstream is the retry).
 const MIRROR_ATTEMPTS: u32 = 2;
+/// How many times a request is sent while the storage host the registry
+/// redirects it to refuses it (an expired signed URL gets a fresh one from the
+/// registry).
+const REDIRECT_REFUSALS: u32 = 3;
 
 /// One place the repository is fetched from (a mirror or the upstream), with its
 /// own auth state.
@@ -533,7 +537,10 @@ impl Client {
     }
 
     /// Sends an authenticated request: on `401` learns the challenge (or refreshes
-    /// the token) and tries once more.
+    /// the token) and tries once more. A request the registry redirected that the
+    /// redirect target refuses (`400`, `401`, `403`: an expired signed URL) is sent
+    /// to the registry again for a fresh redirect, up to [`REDIRECT_REFUSALS`]
+    /// times in all.
     fn send(
         &self,
         site: &Site,
@@ -541,7 +548,8 @@ impl Client {
         what: &str,
     ) -> Result<Response> {
         let mut refresh = false;
-        for round in 0..3 {
+        let (mut round, mut refused) = (0, 0);
+        loop {
             let auth = self.authorization(site, refresh)?;
             let resp = self.send_retrying(
                 site,
@@ -554,9 +562,26 @@ impl Client {
                 },
                 what,
             )?;
+            if let Some(storage) = refused_redirect(site, &resp) {
+                // The storage the registry redirected to refused its signed URL
+                // (expired, used up): the registry hands out a fresh one. Our
+                // credentials never went there (reqwest drops `Authorization`
+                // on a redirect to another host), so this is no auth failure.
+                refused += 1;
+                if refused >= REDIRECT_REFUSALS {
+                    return Err(Error::Network(format!(
+                        "{}: {what}: the blob storage {storage} the registry redirected to answered {} {refused} times (an expired or refused redirect URL)",
+                        site.name(),
+                        resp.status()
+                    )));
+                }
+                tracing::debug!(%what, %storage, status = %resp.status(), "redirect target refused the request; asking the registry again");
+                continue;
+            }
             if resp.status() != StatusCode::UNAUTHORIZED || round == 2 {
                 return Ok(resp);
             }
+            round += 1;
             let challenge = resp
                 .headers()
                 .get_all(header::WWW_AUTHENTICATE)
@@ -587,7 +612,6 @@ impl Client {
                 }
             }
         }
-        unreachable!("the loop returns on its last round")
     }
 
     /// Turns a non-success status into an error naming `what`.
@@ -1037,6 +1061,25 @@ pub fn content_range_start(value: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The `host[:port]` a request was redirected to, if that host (another origin
+/// than `site`'s) answered `400`, `401` or `403`: blob storage refusing a signed
+/// URL (S3 and CloudFront answer `403` to an expired one, GCS `400`).
+fn refused_redirect(site: &Site, resp: &Response) -> Option<String> {
+    if !matches!(resp.status().as_u16(), 400 | 401 | 403) {
+        return None;
+    }
+    let url = resp.url();
+    let base = reqwest::Url::parse(&site.base).ok()?;
+    if url.origin() == base.origin() {
+        return None;
+    }
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    })
 }
 
 fn retryable(s: StatusCode) -> bool {
