@@ -767,7 +767,10 @@ impl Client {
         })
     }
 
-    /// [`get_blob_at`](Self::get_blob_at) from one site.
+    /// [`get_blob_at`](Self::get_blob_at) from one site. A `206` whose
+    /// `Content-Range` is not the range asked for is dropped unread and the request
+    /// sent again, up to `refetches` more times; then the error names the blob and
+    /// both ranges.
     fn get_blob_from(
         &self,
         site: &Site,
@@ -782,46 +785,54 @@ impl Client {
             None => format!("bytes={offset}-"),
         };
         let ranged = offset > 0 || len.is_some();
-        let resp = self.send(
-            site,
-            || {
-                let r = self.http.get(&url);
-                if ranged {
-                    r.header(header::RANGE, &range)
-                } else {
-                    r
+        let mut fetched = 0;
+        let resp = loop {
+            fetched += 1;
+            let resp = self.send(
+                site,
+                || {
+                    let r = self.http.get(&url);
+                    if ranged {
+                        r.header(header::RANGE, &range)
+                    } else {
+                        r
+                    }
+                },
+                what,
+            )?;
+            let mut resp = self.check(site, resp, what)?;
+            if ranged && resp.status() == StatusCode::OK {
+                if !site.warned_no_range.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(registry = %site.registry, "registry ignores Range requests; reading through the stream");
                 }
-            },
-            what,
-        )?;
-        let mut resp = self.check(site, resp, what)?;
-        if ranged && resp.status() == StatusCode::OK {
-            if !site.warned_no_range.swap(true, Ordering::Relaxed) {
-                tracing::warn!(registry = %site.registry, "registry ignores Range requests; reading through the stream");
-            }
-            let skipped = io::copy(&mut (&mut resp).take(offset), &mut io::sink())
-                .map_err(|e| Error::Network(format!("{}: {what}: {e}", site.name())))?;
-            TRANSFER.bytes.fetch_add(skipped, Ordering::Relaxed);
-            if skipped < offset {
-                return Err(Error::format(format!(
-                    "{}: {what} ended after {skipped} bytes, before offset {offset}",
+                let skipped = io::copy(&mut (&mut resp).take(offset), &mut io::sink())
+                    .map_err(|e| Error::Network(format!("{}: {what}: {e}", site.name())))?;
+                TRANSFER.bytes.fetch_add(skipped, Ordering::Relaxed);
+                if skipped < offset {
+                    return Err(Error::format(format!(
+                        "{}: {what} ended after {skipped} bytes, before offset {offset}",
+                        site.name()
+                    )));
+                }
+            } else if ranged
+                && resp.status() == StatusCode::PARTIAL_CONTENT
+                && let Some(got) = wrong_content_range(resp.headers(), offset, len)
+            {
+                // Other bytes than asked for (a confused cache or proxy): never
+                // used; the response is dropped and its connection closed.
+                let asked = &range["bytes=".len()..];
+                if fetched <= self.opts.refetches {
+                    tracing::debug!(%what, %asked, content_range = %got, "wrong Content-Range; fetching it again");
+                    std::thread::sleep(Duration::from_millis(100 << (fetched - 1).min(4)));
+                    continue;
+                }
+                return Err(Error::Network(format!(
+                    "{}: {what}: asked for bytes {asked}, got Content-Range {got:?} (fetched {fetched} times)",
                     site.name()
                 )));
             }
-        } else if ranged && resp.status() == StatusCode::PARTIAL_CONTENT {
-            let start = resp
-                .headers()
-                .get(header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(content_range_start);
-            if start.is_some_and(|s| s != offset) {
-                return Err(Error::format(format!(
-                    "{}: {what}: asked for bytes from {offset}, got Content-Range starting at {}",
-                    site.name(),
-                    start.unwrap_or_default()
-                )));
-            }
-        }
+            break resp;
+        };
         Ok(resp)
     }
 
@@ -1052,6 +1063,20 @@ fn text_suffix(text: &str) -> String {
     }
 }
 
+/// The first and last byte positions and the size (`None` for `*`) of a
+/// `Content-Range: bytes <first>-<last>/<size>` value, if it has that form (`None`
+/// for anything else, as `bytes */<size>`).
+pub fn content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
+    let (range, size) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
+    let size = match size.trim() {
+        "*" => None,
+        s => Some(s.parse().ok()?),
+    };
+    (first <= last).then_some((first, last, size))
+}
+
 /// The first byte position of a `Content-Range: bytes <first>-<last>/<size>` value,
 /// if it has that form (`None` for anything else, as `bytes */<size>`).
 pub fn content_range_start(value: &str) -> Option<u64> {
@@ -1061,6 +1086,27 @@ pub fn content_range_start(value: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The `Content-Range` of a `206` answering a request for `len` bytes (`None`: to
+/// the end) from `offset`, when it is not that range: another first byte, or
+/// another last byte (unless the blob ends before the one asked for), or no
+/// `bytes <first>-<last>/<size>` at all. A `206` without the header passes.
+fn wrong_content_range(h: &HeaderMap, offset: u64, len: Option<u64>) -> Option<String> {
+    let value = h.get(header::CONTENT_RANGE)?;
+    let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+    let Some((first, last, size)) = content_range(&text) else {
+        return Some(text);
+    };
+    let ends_blob = size.is_some_and(|s| last + 1 == s);
+    let right_end = match len {
+        Some(l) => {
+            let asked = offset + l.max(1) - 1;
+            last == asked || (last < asked && ends_blob)
+        }
+        None => size.is_none() || ends_blob,
+    };
+    (first != offset || !right_end || size.is_some_and(|s| last >= s)).then_some(text)
 }
 
 /// The `host[:port]` a request was redirected to, if that host (another origin
@@ -1157,5 +1203,43 @@ mod tests {
         ] {
             assert!(!is_loopback(r), "{r}");
         }
+    }
+
+    #[test]
+    fn content_range_parsing() {
+        assert_eq!(content_range("bytes 0-99/1000"), Some((0, 99, Some(1000))));
+        assert_eq!(content_range("bytes 5-5/*"), Some((5, 5, None)));
+        for bad in [
+            "bytes */1000",
+            "bytes 9-1/10",
+            "bytes 1-/10",
+            "items 0-1/2",
+            "",
+        ] {
+            assert_eq!(content_range(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn content_range_must_be_the_range_asked_for() {
+        let wrong = |v: &str, offset, len| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_RANGE, HeaderValue::from_str(v).unwrap());
+            wrong_content_range(&h, offset, len).is_some()
+        };
+        // Exactly the range, or to the end of a blob shorter than asked.
+        assert!(!wrong("bytes 100-199/1000", 100, Some(100)));
+        assert!(!wrong("bytes 100-999/1000", 100, Some(2000)));
+        assert!(!wrong("bytes 100-999/1000", 100, None));
+        assert!(!wrong("bytes 100-999/*", 100, None));
+        // Another start, a shorter or longer range, a last byte past the size.
+        assert!(wrong("bytes 1124-1223/5000", 100, Some(100)));
+        assert!(wrong("bytes 100-150/1000", 100, Some(100)));
+        assert!(wrong("bytes 100-299/1000", 100, Some(100)));
+        assert!(wrong("bytes 100-500/1000", 100, None));
+        assert!(wrong("bytes 100-199/150", 100, Some(100)));
+        assert!(wrong("bytes */1000", 100, Some(100)));
+        // No header: not checked.
+        assert!(wrong_content_range(&HeaderMap::new(), 100, Some(100)).is_none());
     }
 }
