@@ -18,7 +18,10 @@
 //! `401` triggers the auth dance of
 //! [`super::auth`] once per request. Redirects to blob storage are followed with the
 //! `Range` header kept and the `Authorization` header dropped when the host changes
-//! (reqwest's redirect policy).
+//! (reqwest's redirect policy); a redirect target that refuses the request (an
+//! expired signed URL) sends it back to the registry for a fresh redirect, a few
+//! times. A `206` whose `Content-Range` is not the range asked for is never read:
+//! it is fetched again, up to `refetches` times.
 //!
 //! Plain HTTP is used only for loopback registries (`localhost`, `127.0.0.0/8`,
 //! `::1`), those listed in
