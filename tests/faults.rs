@@ -483,7 +483,7 @@ fn expired_blob_redirects_are_resolved_again_and_never_get_credentials() {
     let mut hosts = Vec::new();
     // Every 2nd redirect URL expired before it is used (0: none): the client
     // asks the registry again for a fresh one.
-    for every in [0, 2] {
+    for (every, label) in [(0, "no URL"), (2, "every 2nd URL")] {
         let blobs = BlobHost::start(storage, every, 0);
         let proxy = Proxy::redirecting(&s.reg.host(), &blobs, Faults::default());
         let (archive, created) = s.create(&proxy, &format!("redirect-{every}"));
@@ -492,7 +492,7 @@ fn expired_blob_redirects_are_resolved_again_and_never_get_credentials() {
         let took = read_tree_with(&archive, &creds);
         let expired = blobs.answered(403);
         eprintln!(
-            "FAULT blobs redirected to {}, every {every}th URL expired ({expired} 403s, {} URLs): create {created:?}, tree read {took:?} (clean {base:?})",
+            "FAULT blobs redirected to {}, {label} expired ({expired} 403s, {} URLs): create {created:?}, tree read {took:?} (clean {base:?})",
             blobs.host(),
             blobs.signed()
         );
