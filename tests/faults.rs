@@ -1,12 +1,15 @@
 //! Registry faults through the fault-injecting proxy ([`Proxy`] with [`Faults`])
 //! in front of a real registry ([`TestRegistry`]): `clipctl create` and lazy
-//! reads survive connection resets, corruption in flight, stalled bodies and
-//! 429s, within bounded retries, and never serve a wrong byte. Each test prints
-//! what the fault cost (docs/RELIABILITY.md records it). They need
-//! `docker-registry` and `skopeo` (`scripts/deps.sh`).
+//! reads survive connection resets, corruption in flight, stalled bodies, 429s,
+//! tokens that expire early or are revoked, expired blob redirects, a
+//! `Content-Range` for other bytes and a `200` for a Range request, within bounded
+//! retries, and never serve a wrong byte. Each test prints what the fault cost
+//! (docs/RELIABILITY.md records it). They need `docker-registry` and `skopeo`
+//! (`scripts/deps.sh`).
 
 mod util;
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -30,7 +33,12 @@ struct Setup {
 }
 
 fn setup(name: &str) -> Setup {
-    let reg = TestRegistry::start(RegistryAuth::None);
+    setup_with(name, RegistryAuth::None)
+}
+
+/// [`setup`] with a registry that authenticates as `auth` says.
+fn setup_with(name: &str, auth: RegistryAuth) -> Setup {
+    let reg = TestRegistry::start(auth);
     let dir = tmp(&format!("clip-faults-{name}-"));
     let layout = dir.path().join("layout");
     let info = multi_span_layout(&layout, "t");
@@ -52,6 +60,16 @@ fn faulty(s: &Setup, faults: Faults) -> Proxy {
 }
 
 impl Setup {
+    /// `--username U --password P` for the registry, if it has credentials.
+    fn creds(&self) -> Vec<String> {
+        match self.reg.auth().credentials() {
+            Some((u, p)) => ["--username", u, "--password", p]
+                .map(String::from)
+                .to_vec(),
+            None => Vec::new(),
+        }
+    }
+
     /// A `'static` request-line filter for layer `i`'s blob.
     fn layer(&self, i: usize) -> &'static str {
         Box::leak(self.info.layers[i].digest.clone().into_boxed_str())
@@ -65,7 +83,8 @@ impl Setup {
             .arg("create")
             .arg(format!("{}/app:v1", proxy.host()))
             .arg("--out")
-            .arg(&archive));
+            .arg(&archive)
+            .args(self.creds()));
         (archive, t.elapsed())
     }
 
@@ -214,7 +233,8 @@ fn archive_via(s: &Setup, proxy: &Proxy, name: &str) -> std::path::PathBuf {
         .arg("--storage-ref")
         .arg(format!("{}/app:v1", proxy.host()))
         .arg("--out")
-        .arg(&archive));
+        .arg(&archive)
+        .args(s.creds()));
     archive
 }
 
@@ -233,12 +253,33 @@ fn tree_files() -> Vec<(&'static str, Vec<u8>)> {
 
 /// `clipctl cat`s every file of `archive`, checking each byte; the time taken.
 fn read_tree(archive: &Path) -> Duration {
+    read_tree_with(archive, &[])
+}
+
+/// [`read_tree`] with extra `clipctl cat` arguments (credentials).
+fn read_tree_with(archive: &Path, args: &[String]) -> Duration {
+    read_tree_stats(archive, args).0
+}
+
+/// [`read_tree_with`], also returning the registry body bytes and requests of
+/// all the reads (`--stats`).
+fn read_tree_stats(archive: &Path, args: &[String]) -> (Duration, u64, u64) {
+    let (mut bytes, mut requests) = (0, 0);
     let t = Instant::now();
     for (path, want) in tree_files() {
-        let out = ok(clipctl().arg("cat").arg(archive).arg(path));
+        let out = ok(clipctl()
+            .arg("cat")
+            .arg("--stats")
+            .arg(archive)
+            .arg(path)
+            .args(args));
         assert!(out.stdout == want, "{path} differs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let stats: Value = serde_json::from_str(err.lines().last().unwrap_or("{}")).unwrap();
+        bytes += stats["registry_bytes"].as_u64().unwrap();
+        requests += stats["registry_requests"].as_u64().unwrap();
     }
-    t.elapsed()
+    (t.elapsed(), bytes, requests)
 }
 
 #[test]
@@ -314,6 +355,314 @@ fn mounted_reads_refetch_spans_corrupted_in_flight() {
         proxy.injected()
     );
     m.unmount();
+}
+
+/// The user and password of the token registries.
+const USER: &str = "faultuser";
+const PASSWORD: &str = "fault-pass";
+
+#[test]
+fn mounted_reads_past_a_tokens_life_reauthenticate_on_401() {
+    require_fuse();
+    let ttl = 2;
+    // Tokens the registry refuses 2 s after issue: saying so (`expires_in: 2`,
+    // the client replaces them ahead of time), or saying 300 s (the client holds a
+    // token it thinks fresh, and gets a 401 from the registry).
+    for says in [ttl, 300] {
+        let auth = RegistryAuth::token_expiring_early(USER, PASSWORD, ttl, says);
+        let s = setup_with(&format!("token-expiry-{says}"), auth);
+        let proxy = Proxy::start(&s.reg.host(), false);
+        let archive = archive_via(&s, &proxy, "expiry");
+        let d = s.dir.path();
+        let creds = s.creds();
+        let args: Vec<&OsStr> = creds.iter().map(OsStr::new).collect();
+        let m = Mounted::with_args(&archive, &d.join("mnt"), &d.join("cache"), &args);
+        let before = s.reg.tokens_issued();
+        let mut reading = Duration::ZERO;
+        let files = tree_files();
+        // Three groups of files, the tokens' life (and the registry's leeway, see
+        // REGISTRY_TOKEN_LEEWAY_SECS) apart: each group's reads are cold.
+        for (i, group) in files.chunks(2).enumerate() {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(ttl * 1000 + 1500));
+            }
+            let t = Instant::now();
+            for (path, want) in group {
+                let got = std::fs::read(m.dir.join(&path[1..])).unwrap();
+                assert!(&got == want, "{path} differs");
+            }
+            reading += t.elapsed();
+        }
+        m.unmount();
+        let tokens = s.reg.tokens_issued() - before;
+        let refused = proxy.answered("/blobs/", 401);
+        eprintln!(
+            "FAULT token refused {ttl} s after issue, expires_in {says}: mounted tree read across 2 expiries: {refused} blob 401s, {tokens} tokens, reads {reading:?}"
+        );
+        if says == ttl {
+            // The first challenge only; each expiry costs one token request.
+            assert_eq!(refused, 1, "{:?}", proxy.statuses());
+            assert_eq!(tokens, 3);
+        } else {
+            // The first challenge, then a 401 and a new token per expiry (reads
+            // in flight together may each get one).
+            assert!(refused >= 3, "{:?}", proxy.statuses());
+            assert!((3..=refused as u64).contains(&tokens), "{tokens} tokens");
+        }
+    }
+}
+
+#[test]
+fn a_revoked_token_is_replaced_once_and_a_lasting_401_fails() {
+    let s = setup_with("revoked", RegistryAuth::token(USER, PASSWORD, 300));
+    let creds = s.creds();
+    let clean = Proxy::start(&s.reg.host(), false);
+    let base = read_tree_with(&archive_via(&s, &clean, "clean"), &creds);
+    // One authenticated blob request in 3 reaches the registry without its
+    // (valid) token: the registry answers 401 with its challenge.
+    let proxy = faulty(
+        &s,
+        Faults {
+            revoke_every: 3,
+            only: Some("/blobs/"),
+            ..Faults::default()
+        },
+    );
+    let archive = archive_via(&s, &proxy, "revoked");
+    let before = s.reg.tokens_issued();
+    let took = read_tree_with(&archive, &creds);
+    let (n, tokens) = (proxy.injected(), s.reg.tokens_issued() - before);
+    let processes = tree_files().len() as u64;
+    eprintln!(
+        "FAULT valid token refused (401) on 1 in 3 blob requests (x{n}): tree read {took:?} (clean {base:?}), {tokens} tokens for {processes} processes"
+    );
+    assert!(n >= 3, "{n}");
+    // A token per process, and one more per refusal.
+    assert_eq!(tokens, processes + n);
+
+    // Refused on every request: one new token and one retry, then an error.
+    let proxy = faulty(
+        &s,
+        Faults {
+            revoke_every: 1,
+            only: Some("/blobs/"),
+            ..Faults::default()
+        },
+    );
+    let archive = archive_via(&s, &proxy, "always-revoked");
+    let before = s.reg.tokens_issued();
+    let t = Instant::now();
+    let e = fails(
+        clipctl()
+            .arg("cat")
+            .arg(&archive)
+            .arg("/etc/motd")
+            .args(&creds),
+    );
+    let took = t.elapsed();
+    assert!(
+        e.contains("unauthorized") && e.contains(proxy.host()),
+        "{e}"
+    );
+    // The challenge, the request with the first token, the one with the second.
+    assert_eq!(requests_for(&proxy, "/blobs/"), 3, "{:?}", proxy.statuses());
+    assert_eq!(s.reg.tokens_issued() - before, 2);
+    eprintln!(
+        "FAULT token refused on every blob request: cat fails in {took:?}: {}",
+        e.trim()
+    );
+}
+
+#[test]
+fn expired_blob_redirects_are_resolved_again_and_never_get_credentials() {
+    let s = setup_with("redirect", RegistryAuth::token(USER, PASSWORD, 300));
+    let creds = s.creds();
+    let storage = s.reg.storage_dir();
+    let clean = Proxy::start(&s.reg.host(), false);
+    let base = read_tree_with(&archive_via(&s, &clean, "clean"), &creds);
+    let mut hosts = Vec::new();
+    // Every 2nd redirect URL expired before it is used (0: none): the client
+    // asks the registry again for a fresh one.
+    for (every, label) in [(0, "no URL"), (2, "every 2nd URL")] {
+        let blobs = BlobHost::start(storage, every, 0);
+        let proxy = Proxy::redirecting(&s.reg.host(), &blobs, Faults::default());
+        let (archive, created) = s.create(&proxy, &format!("redirect-{every}"));
+        assert_eq!(layers_json(&archive), s.clean);
+        let archive = archive_via(&s, &proxy, &format!("redirect-read-{every}"));
+        let took = read_tree_with(&archive, &creds);
+        let expired = blobs.answered(403);
+        eprintln!(
+            "FAULT blobs redirected to {}, {label} expired ({expired} 403s, {} URLs): create {created:?}, tree read {took:?} (clean {base:?})",
+            blobs.host(),
+            blobs.signed()
+        );
+        // Each URL was used once: the expired ones were all, and only, refused.
+        assert_eq!(expired as u64, blobs.born_expired());
+        assert_eq!(blobs.requests().len() as u64, blobs.signed());
+        if every > 0 {
+            assert!(expired >= 3, "{expired}");
+        }
+        // The Range headers went along.
+        assert!(blobs.requests().iter().any(|r| r.header("range").is_some()));
+        hosts.push(blobs);
+    }
+    // Every URL expired: a few fresh redirects, then an error naming the storage
+    // host, not the credentials; no new token for it.
+    let blobs = BlobHost::start(storage, 1, 0);
+    let proxy = Proxy::redirecting(&s.reg.host(), &blobs, Faults::default());
+    let archive = archive_via(&s, &proxy, "redirect-always");
+    let before = s.reg.tokens_issued();
+    let t = Instant::now();
+    let e = fails(
+        clipctl()
+            .arg("cat")
+            .arg(&archive)
+            .arg("/etc/motd")
+            .args(&creds),
+    );
+    let took = t.elapsed();
+    assert!(
+        e.contains(blobs.host()) && e.contains("403") && !e.contains("unauthorized"),
+        "{e}"
+    );
+    assert_eq!(blobs.requests().len(), 3);
+    assert_eq!(proxy.answered("/blobs/", 307), 3);
+    assert_eq!(s.reg.tokens_issued() - before, 1);
+    eprintln!(
+        "FAULT every redirect URL expired: cat fails in {took:?}: {}",
+        e.trim()
+    );
+    hosts.push(blobs);
+    // The blob hosts never saw the registry's credentials.
+    for b in &hosts {
+        for r in b.requests() {
+            assert!(r.header("authorization").is_none(), "{r:?}");
+        }
+    }
+}
+
+#[test]
+fn a_range_answered_with_other_bytes_is_fetched_again_then_fails_naming_it() {
+    let s = setup("content-range");
+    let layer = s.layer(0);
+    let want = pseudo_random_bytes(0, 3 << 20);
+    let cat = |archive: &Path| {
+        let t = Instant::now();
+        let out = ok(clipctl().arg("cat").arg(archive).arg("/data/blob0"));
+        assert!(out.stdout == want, "blob0 differs");
+        t.elapsed()
+    };
+    let clean = Proxy::start(&s.reg.host(), false);
+    let base = cat(&archive_via(&s, &clean, "clean"));
+    let ranges = requests_for(&clean, layer);
+    // The first two range requests of the layer get a 206 for other bytes: both
+    // ends 1 KiB further, the end 1 KiB short, the end 1 KiB long.
+    for (what, by) in [
+        ("start and end +1 KiB", (1024, 1024)),
+        ("end -1 KiB", (0, -1024)),
+        ("end +1 KiB", (0, 1024)),
+    ] {
+        let proxy = faulty(
+            &s,
+            Faults {
+                bad_range_every: 1,
+                bad_range: by,
+                only: Some(layer),
+                limit: 2,
+                ..Faults::default()
+            },
+        );
+        let took = cat(&archive_via(&s, &proxy, "shifted"));
+        assert_eq!(proxy.injected(), 2);
+        assert_eq!(requests_for(&proxy, layer), ranges + 2);
+        eprintln!(
+            "FAULT 206 with Content-Range {what} than asked, x2: cat of a 3 MiB file {took:?} (clean {base:?}, {ranges} ranges)"
+        );
+    }
+    // `create`'s layer stream reset 1 MiB in; its resumption gets other bytes
+    // once: fetched again, the archive is the same.
+    let proxy = faulty(
+        &s,
+        Faults {
+            reset_every: 1,
+            reset_after: 1 << 20,
+            bad_range_every: 1,
+            bad_range: (1024, 1024),
+            only: Some(layer),
+            limit: 2,
+            ..Faults::default()
+        },
+    );
+    let (archive, took) = s.create(&proxy, "reset-shifted");
+    assert_eq!(layers_json(&archive), s.clean);
+    assert_eq!(requests_for(&proxy, layer), 3, "{:?}", proxy.statuses());
+    eprintln!("FAULT layer stream reset, its resumption's Content-Range +1 KiB: create {took:?}");
+    // Always other bytes: three fetches, then an error naming the blob and both
+    // ranges; never a wrong byte.
+    let proxy = faulty(
+        &s,
+        Faults {
+            bad_range_every: 1,
+            bad_range: (1024, 1024),
+            only: Some(layer),
+            ..Faults::default()
+        },
+    );
+    let archive = archive_via(&s, &proxy, "always-shifted");
+    let t = Instant::now();
+    let e = fails(clipctl().arg("cat").arg(&archive).arg("/data/blob0"));
+    let took = t.elapsed();
+    assert!(
+        e.contains(layer)
+            && e.contains("asked for bytes")
+            && e.contains("Content-Range")
+            && e.contains("fetched 3 times"),
+        "{e}"
+    );
+    assert_eq!(requests_for(&proxy, layer), 3);
+    eprintln!(
+        "FAULT Content-Range always shifted: cat fails in {took:?}: {}",
+        e.trim()
+    );
+}
+
+#[test]
+fn a_200_for_a_range_request_is_read_through_to_the_offset() {
+    let s = setup("no-range");
+    let clean = Proxy::start(&s.reg.host(), false);
+    let (base, base_bytes, base_requests) = read_tree_stats(&archive_via(&s, &clean, "clean"), &[]);
+    let base_wire = clean.bytes();
+    eprintln!(
+        "FAULT none: tree read {base:?}, {base_requests} requests, {base_bytes} body bytes read, {base_wire} bytes through the proxy"
+    );
+    // The Range header dropped on every 2nd blob request, or on all: the registry
+    // answers 200 with the whole blob, the client skips to the offset and hangs up
+    // after the bytes it needs.
+    for (what, proxy) in [
+        (
+            "every 2nd",
+            faulty(
+                &s,
+                Faults {
+                    strip_range_every: 2,
+                    only: Some("/blobs/"),
+                    ..Faults::default()
+                },
+            ),
+        ),
+        ("every", Proxy::start(&s.reg.host(), true)),
+    ] {
+        let archive = archive_via(&s, &proxy, "no-range");
+        let (took, bytes, requests) = read_tree_stats(&archive, &[]);
+        let full = proxy.answered("/blobs/", 200);
+        eprintln!(
+            "FAULT 200 for {what} blob Range request ({full} of {requests}): tree read {took:?} (clean {base:?}), {bytes} body bytes read ({:.1}x), {} bytes through the proxy",
+            bytes as f64 / base_bytes as f64,
+            proxy.bytes()
+        );
+        assert!(full >= 3, "{full}");
+        assert!(bytes > base_bytes, "{bytes} <= {base_bytes}");
+    }
 }
 
 #[test]

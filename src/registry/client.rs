@@ -18,7 +18,10 @@
 //! `401` triggers the auth dance of
 //! [`super::auth`] once per request. Redirects to blob storage are followed with the
 //! `Range` header kept and the `Authorization` header dropped when the host changes
-//! (reqwest's redirect policy).
+//! (reqwest's redirect policy); a redirect target that refuses the request (an
+//! expired signed URL) sends it back to the registry for a fresh redirect, a few
+//! times. A `206` whose `Content-Range` is not the range asked for is never read:
+//! it is fetched again, up to `refetches` times.
 //!
 //! Plain HTTP is used only for loopback registries (`localhost`, `127.0.0.0/8`,
 //! `::1`), those listed in
@@ -113,6 +116,10 @@ const MIRROR_BACKOFF: Duration = Duration::from_secs(10);
 const MIRROR_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Attempts per request on a mirror (the next mirror or the upstream is the retry).
 const MIRROR_ATTEMPTS: u32 = 2;
+/// How many times a request is sent while the storage host the registry
+/// redirects it to refuses it (an expired signed URL gets a fresh one from the
+/// registry).
+const REDIRECT_REFUSALS: u32 = 3;
 
 /// One place the repository is fetched from (a mirror or the upstream), with its
 /// own auth state.
@@ -541,7 +548,10 @@ impl Client {
     }
 
     /// Sends an authenticated request: on `401` learns the challenge (or refreshes
-    /// the token) and tries once more.
+    /// the token) and tries once more. A request the registry redirected that the
+    /// redirect target refuses (`400`, `401`, `403`: an expired signed URL) is sent
+    /// to the registry again for a fresh redirect, up to [`REDIRECT_REFUSALS`]
+    /// times in all.
     fn send(
         &self,
         site: &Site,
@@ -549,7 +559,8 @@ impl Client {
         what: &str,
     ) -> Result<Response> {
         let mut refresh = false;
-        for round in 0..3 {
+        let (mut round, mut refused) = (0, 0);
+        loop {
             let auth = self.authorization(site, refresh)?;
             let resp = self.send_retrying(
                 site,
@@ -562,9 +573,26 @@ impl Client {
                 },
                 what,
             )?;
+            if let Some(storage) = refused_redirect(site, &resp) {
+                // The storage the registry redirected to refused its signed URL
+                // (expired, used up): the registry hands out a fresh one. Our
+                // credentials never went there (reqwest drops `Authorization`
+                // on a redirect to another host), so this is no auth failure.
+                refused += 1;
+                if refused >= REDIRECT_REFUSALS {
+                    return Err(Error::Network(format!(
+                        "{}: {what}: the blob storage {storage} the registry redirected to answered {} {refused} times (an expired or refused redirect URL)",
+                        site.name(),
+                        resp.status()
+                    )));
+                }
+                tracing::debug!(%what, %storage, status = %resp.status(), "redirect target refused the request; asking the registry again");
+                continue;
+            }
             if resp.status() != StatusCode::UNAUTHORIZED || round == 2 {
                 return Ok(resp);
             }
+            round += 1;
             let challenge = resp
                 .headers()
                 .get_all(header::WWW_AUTHENTICATE)
@@ -595,7 +623,6 @@ impl Client {
                 }
             }
         }
-        unreachable!("the loop returns on its last round")
     }
 
     /// Turns a non-success status into an error naming `what`.
@@ -751,7 +778,10 @@ impl Client {
         })
     }
 
-    /// [`get_blob_at`](Self::get_blob_at) from one site.
+    /// [`get_blob_at`](Self::get_blob_at) from one site. A `206` whose
+    /// `Content-Range` is not the range asked for is dropped unread and the request
+    /// sent again, up to `refetches` more times; then the error names the blob and
+    /// both ranges.
     fn get_blob_from(
         &self,
         site: &Site,
@@ -766,46 +796,54 @@ impl Client {
             None => format!("bytes={offset}-"),
         };
         let ranged = offset > 0 || len.is_some();
-        let resp = self.send(
-            site,
-            || {
-                let r = self.http.get(&url);
-                if ranged {
-                    r.header(header::RANGE, &range)
-                } else {
-                    r
+        let mut fetched = 0;
+        let resp = loop {
+            fetched += 1;
+            let resp = self.send(
+                site,
+                || {
+                    let r = self.http.get(&url);
+                    if ranged {
+                        r.header(header::RANGE, &range)
+                    } else {
+                        r
+                    }
+                },
+                what,
+            )?;
+            let mut resp = self.check(site, resp, what)?;
+            if ranged && resp.status() == StatusCode::OK {
+                if !site.warned_no_range.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(registry = %site.registry, "registry ignores Range requests; reading through the stream");
                 }
-            },
-            what,
-        )?;
-        let mut resp = self.check(site, resp, what)?;
-        if ranged && resp.status() == StatusCode::OK {
-            if !site.warned_no_range.swap(true, Ordering::Relaxed) {
-                tracing::warn!(registry = %site.registry, "registry ignores Range requests; reading through the stream");
-            }
-            let skipped = io::copy(&mut (&mut resp).take(offset), &mut io::sink())
-                .map_err(|e| Error::Network(format!("{}: {what}: {e}", site.name())))?;
-            TRANSFER.bytes.fetch_add(skipped, Ordering::Relaxed);
-            if skipped < offset {
-                return Err(Error::format(format!(
-                    "{}: {what} ended after {skipped} bytes, before offset {offset}",
+                let skipped = io::copy(&mut (&mut resp).take(offset), &mut io::sink())
+                    .map_err(|e| Error::Network(format!("{}: {what}: {e}", site.name())))?;
+                TRANSFER.bytes.fetch_add(skipped, Ordering::Relaxed);
+                if skipped < offset {
+                    return Err(Error::format(format!(
+                        "{}: {what} ended after {skipped} bytes, before offset {offset}",
+                        site.name()
+                    )));
+                }
+            } else if ranged
+                && resp.status() == StatusCode::PARTIAL_CONTENT
+                && let Some(got) = wrong_content_range(resp.headers(), offset, len)
+            {
+                // Other bytes than asked for (a confused cache or proxy): never
+                // used; the response is dropped and its connection closed.
+                let asked = &range["bytes=".len()..];
+                if fetched <= self.opts.refetches {
+                    tracing::debug!(%what, %asked, content_range = %got, "wrong Content-Range; fetching it again");
+                    std::thread::sleep(Duration::from_millis(100 << (fetched - 1).min(4)));
+                    continue;
+                }
+                return Err(Error::Network(format!(
+                    "{}: {what}: asked for bytes {asked}, got Content-Range {got:?} (fetched {fetched} times)",
                     site.name()
                 )));
             }
-        } else if ranged && resp.status() == StatusCode::PARTIAL_CONTENT {
-            let start = resp
-                .headers()
-                .get(header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(content_range_start);
-            if start.is_some_and(|s| s != offset) {
-                return Err(Error::format(format!(
-                    "{}: {what}: asked for bytes from {offset}, got Content-Range starting at {}",
-                    site.name(),
-                    start.unwrap_or_default()
-                )));
-            }
-        }
+            break resp;
+        };
         Ok(resp)
     }
 
@@ -1058,6 +1096,20 @@ fn text_suffix(text: &str) -> String {
     }
 }
 
+/// The first and last byte positions and the size (`None` for `*`) of a
+/// `Content-Range: bytes <first>-<last>/<size>` value, if it has that form (`None`
+/// for anything else, as `bytes */<size>`).
+pub fn content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
+    let (range, size) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
+    let size = match size.trim() {
+        "*" => None,
+        s => Some(s.parse().ok()?),
+    };
+    (first <= last).then_some((first, last, size))
+}
+
 /// The first byte position of a `Content-Range: bytes <first>-<last>/<size>` value,
 /// if it has that form (`None` for anything else, as `bytes */<size>`).
 pub fn content_range_start(value: &str) -> Option<u64> {
@@ -1067,6 +1119,46 @@ pub fn content_range_start(value: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The `Content-Range` of a `206` answering a request for `len` bytes (`None`: to
+/// the end) from `offset`, when it is not that range: another first byte, or
+/// another last byte (unless the blob ends before the one asked for), or no
+/// `bytes <first>-<last>/<size>` at all. A `206` without the header passes.
+fn wrong_content_range(h: &HeaderMap, offset: u64, len: Option<u64>) -> Option<String> {
+    let value = h.get(header::CONTENT_RANGE)?;
+    let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+    let Some((first, last, size)) = content_range(&text) else {
+        return Some(text);
+    };
+    let ends_blob = size.is_some_and(|s| last + 1 == s);
+    let right_end = match len {
+        Some(l) => {
+            let asked = offset + l.max(1) - 1;
+            last == asked || (last < asked && ends_blob)
+        }
+        None => size.is_none() || ends_blob,
+    };
+    (first != offset || !right_end || size.is_some_and(|s| last >= s)).then_some(text)
+}
+
+/// The `host[:port]` a request was redirected to, if that host (another origin
+/// than `site`'s) answered `400`, `401` or `403`: blob storage refusing a signed
+/// URL (S3 and CloudFront answer `403` to an expired one, GCS `400`).
+fn refused_redirect(site: &Site, resp: &Response) -> Option<String> {
+    if !matches!(resp.status().as_u16(), 400 | 401 | 403) {
+        return None;
+    }
+    let url = resp.url();
+    let base = reqwest::Url::parse(&site.base).ok()?;
+    if url.origin() == base.origin() {
+        return None;
+    }
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    })
 }
 
 fn retryable(s: StatusCode) -> bool {
@@ -1144,5 +1236,43 @@ mod tests {
         ] {
             assert!(!is_loopback(r), "{r}");
         }
+    }
+
+    #[test]
+    fn content_range_parsing() {
+        assert_eq!(content_range("bytes 0-99/1000"), Some((0, 99, Some(1000))));
+        assert_eq!(content_range("bytes 5-5/*"), Some((5, 5, None)));
+        for bad in [
+            "bytes */1000",
+            "bytes 9-1/10",
+            "bytes 1-/10",
+            "items 0-1/2",
+            "",
+        ] {
+            assert_eq!(content_range(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn content_range_must_be_the_range_asked_for() {
+        let wrong = |v: &str, offset, len| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_RANGE, HeaderValue::from_str(v).unwrap());
+            wrong_content_range(&h, offset, len).is_some()
+        };
+        // Exactly the range, or to the end of a blob shorter than asked.
+        assert!(!wrong("bytes 100-199/1000", 100, Some(100)));
+        assert!(!wrong("bytes 100-999/1000", 100, Some(2000)));
+        assert!(!wrong("bytes 100-999/1000", 100, None));
+        assert!(!wrong("bytes 100-999/*", 100, None));
+        // Another start, a shorter or longer range, a last byte past the size.
+        assert!(wrong("bytes 1124-1223/5000", 100, Some(100)));
+        assert!(wrong("bytes 100-150/1000", 100, Some(100)));
+        assert!(wrong("bytes 100-299/1000", 100, Some(100)));
+        assert!(wrong("bytes 100-500/1000", 100, None));
+        assert!(wrong("bytes 100-199/150", 100, Some(100)));
+        assert!(wrong("bytes */1000", 100, Some(100)));
+        // No header: not checked.
+        assert!(wrong_content_range(&HeaderMap::new(), 100, Some(100)).is_none());
     }
 }

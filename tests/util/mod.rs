@@ -20,11 +20,14 @@
 //!   helper and `config.json` writers.
 //! - [`Mounted`] (`mount`): a `clipctl mount --daemon` unmounted when dropped.
 //! - [`Proxy`] (`proxy`): a counting HTTP proxy that can strip `Range` headers and
-//!   records request lines (a forward proxy too, for plain HTTP).
+//!   records request lines (a forward proxy too, for plain HTTP), injecting
+//!   [`Faults`]; it can redirect blob GETs to a [`BlobHost`] (`blob_host`), a
+//!   stand-in for blob storage with one-use URLs.
 //! - [`S3Server`] (`s3`): a real S3 server (versitygw, posix backend) on loopback,
 //!   counting the requests that reach it from its access log.
 #![allow(dead_code, unused_imports)]
 
+pub mod blob_host;
 pub mod cli;
 pub mod fixtures;
 pub mod goclip;
@@ -37,6 +40,7 @@ pub mod tar_builder;
 pub mod tools;
 pub mod tree_diff;
 
+pub use blob_host::*;
 pub use cli::*;
 pub use fixtures::*;
 pub use goclip::*;

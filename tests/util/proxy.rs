@@ -7,18 +7,25 @@
 //!
 //! [`Faults`] makes it a bad network too: 503s, 429s with `Retry-After`, responses
 //! cut short, connections reset (RST) mid-body, a body byte flipped in flight, a
-//! body that stalls; on every n-th request (optionally only the requests whose
-//! request line contains a string), at most a given number of times.
+//! body that stalls, a token the registry refuses (`401`), a `Range` the registry
+//! answers with `200` or with other bytes than asked; on every n-th request
+//! (optionally only the requests whose request line contains a string), at most a
+//! given number of times.
+//!
+//! [`Proxy::redirecting`] makes it a registry that keeps blobs elsewhere: a blob
+//! GET the registry would answer is answered `307` to a [`BlobHost`] URL.
 //!
 //! Each request is forwarded on a fresh upstream connection with
 //! `Connection: close`, and the client connection is closed after the response, so
 //! no HTTP framing needs parsing beyond the request head.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Cursor, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use super::blob_host::{BlobHost, Signer};
 
 /// Faults a [`Proxy`] injects, to exercise retries.
 #[derive(Clone, Copy, Debug, Default)]
@@ -52,6 +59,20 @@ pub struct Faults {
     pub throttle_every: u64,
     /// The `Retry-After` of a 429.
     pub retry_after: u64,
+    /// Every n-th request that carries an `Authorization` header is forwarded
+    /// without it, so the registry answers its own `401` with its challenge to a
+    /// token that is still valid (a revoked token; 0: never).
+    pub revoke_every: u64,
+    /// Every n-th request with a `Range` header is forwarded without it: the
+    /// registry answers `200` with the whole blob (0: never).
+    pub strip_range_every: u64,
+    /// Every n-th request with a `Range: bytes=FIRST-LAST` header asks the
+    /// registry for `FIRST + bad_range.0` to `LAST + bad_range.1` instead
+    /// (`bytes=FIRST-`: only the first moves), so the `206`, `Content-Range` and
+    /// body, is for other bytes than the client asked for (0: never).
+    pub bad_range_every: u64,
+    /// How far a bad range's first and last bytes move.
+    pub bad_range: (i64, i64),
     /// Only requests whose request line contains this are counted for the
     /// `*_every` faults and get them (`None`: all requests).
     pub only: Option<&'static str>,
@@ -71,6 +92,9 @@ impl Faults {
 struct Plan {
     fail: bool,
     throttle: bool,
+    revoke: bool,
+    strip_range: bool,
+    bad_range: Option<(i64, i64)>,
     cut: Option<u64>,
     reset: Option<u64>,
     corrupt: Option<u64>,
@@ -87,12 +111,14 @@ struct Shared {
     /// Faults injected.
     injected: AtomicU64,
     lines: Mutex<Vec<String>>,
+    /// Request lines and the status answered (the registry's, or the proxy's own).
+    statuses: Mutex<Vec<(String, u16)>>,
 }
 
 impl Shared {
     /// The faults request number `n` (counting matching requests) gets, within
-    /// the limit.
-    fn plan(&self, f: &Faults, n: u64) -> Plan {
+    /// the limit; `auth` and `range`: whether it has those headers.
+    fn plan(&self, f: &Faults, n: u64, auth: bool, range: bool) -> Plan {
         let hit = |every: u64| {
             if every == 0 || n % every != 0 {
                 return false;
@@ -115,12 +141,24 @@ impl Shared {
         if p.throttle {
             return p;
         }
+        p.revoke = auth && hit(f.revoke_every);
+        p.strip_range = range && hit(f.strip_range_every);
+        p.bad_range = (range && !p.strip_range && hit(f.bad_range_every)).then_some(f.bad_range);
         p.cut = hit(f.cut_every).then_some(f.cut_after);
         p.reset = hit(f.reset_every).then_some(f.reset_after);
         p.corrupt = hit(f.corrupt_every).then_some(f.corrupt_at);
         p.stall = hit(f.stall_every).then_some((f.stall_after, f.stall_for));
         p
     }
+}
+
+/// What a proxy's connections do.
+struct Config {
+    upstream: String,
+    strip_range: bool,
+    faults: Faults,
+    /// Where blob GETs are redirected to ([`Proxy::redirecting`]).
+    blobs: Option<Arc<Signer>>,
 }
 
 /// A running proxy; stops accepting when dropped.
@@ -139,20 +177,43 @@ impl Proxy {
 
     /// Like [`start`](Self::start), injecting `faults`.
     pub fn with_faults(upstream: &str, strip_range: bool, faults: Faults) -> Proxy {
+        Proxy::run(Config {
+            upstream: upstream.to_string(),
+            strip_range,
+            faults,
+            blobs: None,
+        })
+    }
+
+    /// Like [`with_faults`](Self::with_faults), for a registry that keeps its
+    /// blobs on `blobs`: a blob GET is forwarded (so the registry checks the
+    /// credentials), and when the registry answers `200` or `206` the client gets
+    /// `307 Temporary Redirect` to a fresh one-use URL of `blobs` instead (with no
+    /// body). Other answers are passed on.
+    pub fn redirecting(upstream: &str, blobs: &BlobHost, faults: Faults) -> Proxy {
+        Proxy::run(Config {
+            upstream: upstream.to_string(),
+            strip_range: false,
+            faults,
+            blobs: Some(blobs.signer()),
+        })
+    }
+
+    fn run(config: Config) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding the proxy");
         let addr = listener.local_addr().unwrap().to_string();
         let shared = Arc::new(Shared::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let (sh, s, up) = (shared.clone(), stop.clone(), upstream.to_string());
+        let (sh, s, config) = (shared.clone(), stop.clone(), Arc::new(config));
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (sh, up) = (sh.clone(), up.clone());
+                let (sh, config) = (sh.clone(), config.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &up, strip_range, faults, &sh);
+                    let _ = serve(conn, &config, &sh);
                 });
             }
         });
@@ -184,6 +245,22 @@ impl Proxy {
     pub fn request_lines(&self) -> Vec<String> {
         self.shared.lines.lock().unwrap().clone()
     }
+
+    /// The request lines answered so far with the status each got (the
+    /// registry's, or the proxy's own: a fault's, a redirect's), in the order of
+    /// the answers.
+    pub fn statuses(&self) -> Vec<(String, u16)> {
+        self.shared.statuses.lock().unwrap().clone()
+    }
+
+    /// How many requests whose request line contains `what` were answered
+    /// `status`.
+    pub fn answered(&self, what: &str, status: u16) -> usize {
+        self.statuses()
+            .iter()
+            .filter(|(l, s)| *s == status && l.contains(what))
+            .count()
+    }
 }
 
 impl Drop for Proxy {
@@ -214,18 +291,41 @@ fn reset(conn: TcpStream) {
     drop(conn);
 }
 
-fn serve(
-    conn: TcpStream,
-    upstream: &str,
-    strip_range: bool,
-    faults: Faults,
-    sh: &Shared,
-) -> std::io::Result<()> {
+/// `range` (a `Range` value, `bytes=FIRST-LAST` or `bytes=FIRST-`) with its first
+/// and last bytes moved by `by` (not below 0).
+fn move_range(range: &str, by: (i64, i64)) -> String {
+    let mv = |v: &str, d: i64| {
+        let v: i64 = v.trim().parse().unwrap_or(0);
+        (v + d).max(0).to_string()
+    };
+    let Some((first, last)) = range
+        .trim()
+        .strip_prefix("bytes=")
+        .and_then(|r| r.split_once('-'))
+    else {
+        return range.to_string();
+    };
+    let last = if last.trim().is_empty() {
+        String::new()
+    } else {
+        mv(last, by.1)
+    };
+    format!("bytes={}-{last}", mv(first, by.0))
+}
+
+/// The status code of a response that starts with `head` (`HTTP/1.1 200 OK...`),
+/// 0 if it is no status line.
+pub fn status_of(head: &[u8]) -> u16 {
+    head.get(9..12)
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn serve(conn: TcpStream, config: &Config, sh: &Shared) -> std::io::Result<()> {
     let mut client = BufReader::new(conn.try_clone()?);
-    // The request head.
-    let mut head = Vec::new();
-    let mut request_line = String::new();
-    let mut body_len = 0usize;
+    // The request head, line by line (each with its line end).
+    let mut lines = Vec::new();
     loop {
         let mut line = String::new();
         if client.read_line(&mut line)? == 0 {
@@ -234,28 +334,61 @@ fn serve(
         if line == "\r\n" || line == "\n" {
             break;
         }
-        if head.is_empty() {
-            request_line = line.trim_end().to_string();
-            sh.lines.lock().unwrap().push(request_line.clone());
-        }
+        lines.push(line);
+    }
+    let Some(request_line) = lines.first().map(|l| l.trim_end().to_string()) else {
+        return Ok(());
+    };
+    sh.lines.lock().unwrap().push(request_line.clone());
+    let header = |name: &str| {
+        lines[1..].iter().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    let body_len: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; body_len];
+    client.read_exact(&mut body)?;
+    sh.requests.fetch_add(1, Ordering::Relaxed);
+    let faults = config.faults;
+    let plan = if faults.matches(&request_line) {
+        let n = sh.matching.fetch_add(1, Ordering::Relaxed) + 1;
+        let auth = header("authorization").is_some();
+        sh.plan(&faults, n, auth, header("range").is_some())
+    } else {
+        Plan::default()
+    };
+    let mut head = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
         let lower = line.to_ascii_lowercase();
-        if lower.starts_with("connection:") || (strip_range && lower.starts_with("range:")) {
-            continue;
+        if i > 0 && lower.starts_with("range:") {
+            if config.strip_range || plan.strip_range {
+                continue;
+            }
+            if let Some(by) = plan.bad_range {
+                let moved = move_range(&line["range:".len()..], by);
+                head.extend_from_slice(format!("Range: {moved}\r\n").as_bytes());
+                continue;
+            }
         }
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            body_len = v.trim().parse().unwrap_or(0);
+        if i > 0
+            && (lower.starts_with("connection:")
+                || (plan.revoke && lower.starts_with("authorization:")))
+        {
+            continue;
         }
         head.extend_from_slice(line.as_bytes());
     }
     head.extend_from_slice(b"Connection: close\r\n\r\n");
-    let mut body = vec![0u8; body_len];
-    client.read_exact(&mut body)?;
-    sh.requests.fetch_add(1, Ordering::Relaxed);
-    let plan = if faults.matches(&request_line) {
-        let n = sh.matching.fetch_add(1, Ordering::Relaxed) + 1;
-        sh.plan(&faults, n)
-    } else {
-        Plan::default()
+    let answered = |status: u16| {
+        sh.statuses
+            .lock()
+            .unwrap()
+            .push((request_line.clone(), status));
     };
     let mut out = conn;
     if plan.fail || plan.throttle {
@@ -268,15 +401,46 @@ fn serve(
                 faults.retry_after
             )
         };
+        answered(if plan.fail { 503 } else { 429 });
         out.write_all(msg.as_bytes())?;
         sh.bytes.fetch_add(msg.len() as u64, Ordering::Relaxed);
         return out.shutdown(Shutdown::Both);
     }
-    let limit = plan.cut.unwrap_or(u64::MAX);
-    let mut up = TcpStream::connect(upstream)?;
+    let mut up = TcpStream::connect(&config.upstream)?;
     up.write_all(&head)?;
     up.write_all(&body)?;
+    // The response's first bytes, up to its status line's end at least.
+    let mut first = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
+    while !first.windows(2).any(|w| w == b"\r\n") {
+        let n = up.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        first.extend_from_slice(&buf[..n]);
+    }
+    let status = status_of(&first);
+    if let Some(blobs) = &config.blobs
+        && request_line.starts_with("GET ")
+        && (status == 200 || status == 206)
+        && let Some(digest) = request_line
+            .split("/blobs/")
+            .nth(1)
+            .and_then(|r| r.split([' ', '?']).next())
+    {
+        drop(up);
+        answered(307);
+        let msg = format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            blobs.sign(digest)
+        );
+        out.write_all(msg.as_bytes())?;
+        sh.bytes.fetch_add(msg.len() as u64, Ordering::Relaxed);
+        return out.shutdown(Shutdown::Both);
+    }
+    answered(status);
+    let mut up = Cursor::new(first).chain(up);
+    let limit = plan.cut.unwrap_or(u64::MAX);
     let mut sent = 0u64;
     // Where the body starts in the response (once the head's end was seen), and
     // the last bytes of the head so far (its end may straddle reads).

@@ -73,8 +73,10 @@ pub enum RegistryAuth {
     /// Bearer tokens (`WWW-Authenticate: Bearer realm=..,service=..`) from the
     /// test's token server. Only `user`/`password` (HTTP Basic on `GET /token`, or
     /// an OAuth2 `POST`) gets a token; anonymous token requests get `401`. Tokens
-    /// say `expires_in: ttl_secs` and the registry refuses them `ttl_secs` (to
-    /// `ttl_secs + 1`) seconds after issue (see the module docs).
+    /// say `expires_in: expires_in_secs` (`ttl_secs` unless made with
+    /// [`token_expiring_early`](Self::token_expiring_early)) and the registry
+    /// refuses them `ttl_secs` (to `ttl_secs + 1`) seconds after issue (see the
+    /// module docs).
     Token {
         /// The user name.
         user: String,
@@ -82,6 +84,8 @@ pub enum RegistryAuth {
         password: String,
         /// Token lifetime in seconds.
         ttl_secs: u64,
+        /// The lifetime the token server's answers claim (`expires_in`).
+        expires_in_secs: u64,
     },
     /// Like [`Token`](Self::Token), but anonymous token requests get a token too,
     /// granting only `pull` (a public repository, as on Docker Hub); pushing still
@@ -107,10 +111,23 @@ impl RegistryAuth {
 
     /// [`RegistryAuth::Token`] with these credentials and token lifetime.
     pub fn token(user: &str, password: &str, ttl_secs: u64) -> RegistryAuth {
+        RegistryAuth::token_expiring_early(user, password, ttl_secs, ttl_secs)
+    }
+
+    /// [`RegistryAuth::Token`] whose tokens say `expires_in: expires_in_secs` but
+    /// are refused `ttl_secs` after issue: a client that goes by `expires_in` gets
+    /// a `401` for a token it holds fresh (expired early, revoked).
+    pub fn token_expiring_early(
+        user: &str,
+        password: &str,
+        ttl_secs: u64,
+        expires_in_secs: u64,
+    ) -> RegistryAuth {
         RegistryAuth::Token {
             user: user.to_string(),
             password: password.to_string(),
             ttl_secs,
+            expires_in_secs,
         }
     }
 
@@ -142,6 +159,29 @@ impl RegistryAuth {
             _ => None,
         }
     }
+
+    /// The token lifetime the token server's answers claim (`expires_in`), in the
+    /// token modes.
+    pub fn expires_in_secs(&self) -> Option<u64> {
+        match self {
+            RegistryAuth::Token {
+                expires_in_secs, ..
+            } => Some(*expires_in_secs),
+            RegistryAuth::PublicToken { ttl_secs, .. } => Some(*ttl_secs),
+            _ => None,
+        }
+    }
+}
+
+/// Path of a blob's bytes in a registry's storage root `storage` (`sha256:<hex>`
+/// or `<hex>`).
+pub fn blob_path_in(storage: &Path, digest: &str) -> PathBuf {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    storage
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data")
 }
 
 /// The token server process and where it listens.
@@ -276,7 +316,8 @@ impl TestRegistry {
         let token_server = auth.ttl_secs().map(|ttl| {
             let (user, password) = auth.credentials().expect("token mode credentials");
             let public = matches!(auth, RegistryAuth::PublicToken { .. });
-            start_token_server(dir.path(), user, password, ttl, public)
+            let says = auth.expires_in_secs().unwrap_or(ttl);
+            start_token_server(dir.path(), user, password, (ttl, says), public)
         });
         let auth_yaml = match &token_server {
             Some(ts) => format!(
@@ -392,12 +433,7 @@ impl TestRegistry {
 
     /// Path of a blob's bytes in the registry's storage (`sha256:<hex>` or `<hex>`).
     pub fn blob_path(&self, digest: &str) -> PathBuf {
-        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-        self.storage
-            .join("docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
+        blob_path_in(&self.storage, digest)
     }
 
     /// The registry's output so far (its log on stderr and access log on stdout),
@@ -571,12 +607,13 @@ fn wait_ready(child: &mut Child, host: &str, instance: &str, log: &Path) -> Resu
 }
 
 /// Generates an ES256 key and self-signed certificate in `dir` and starts the token
-/// server; returns once it printed its port.
+/// server, its tokens good for `ttl_secs` and saying `expires_in: expires_in_secs`;
+/// returns once it printed its port.
 fn start_token_server(
     dir: &Path,
     user: &str,
     password: &str,
-    ttl_secs: u64,
+    (ttl_secs, expires_in_secs): (u64, u64),
     anonymous_pull: bool,
 ) -> TokenServer {
     let key = dir.join("token-key.pem");
@@ -604,6 +641,7 @@ fn start_token_server(
         .args(["--user", user, "--password", password])
         .args(["--refresh-token", &refresh_token])
         .args(["--ttl", &ttl_secs.to_string()])
+        .args(["--expires-in", &expires_in_secs.to_string()])
         .args(["--exp-offset", &REGISTRY_TOKEN_LEEWAY_SECS.to_string()])
         .arg("--log")
         .arg(&log);

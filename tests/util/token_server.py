@@ -19,7 +19,8 @@ The JWT is ES256-signed with `--key`; its header carries the signing certificate
 distribution 2.x accepts a token until `exp` + 60 s (its clock-skew leeway), so the
 `exp` claim is `iat + ttl - --exp-offset` (the caller passes 60 to make the
 registry reject the token `ttl` seconds after issue; `iat` is rounded up to a
-whole second, so the token is good for at least `ttl` seconds).
+whole second, so the token is good for at least `ttl` seconds). Answers say
+`expires_in: ttl`, or `--expires-in` (a token that dies before the client expects).
 
 On start it prints `PORT\n` on stdout; every token issued appends one line (JSON)
 to `--log`. It runs until killed.
@@ -202,7 +203,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = {
             "token": token,
             "access_token": token,
-            "expires_in": ARGS.ttl,
+            "expires_in": ARGS.expires_in or ARGS.ttl,
             "issued_at": issued_at,
         }
         if offline and authenticated and ARGS.refresh_token:
@@ -276,6 +277,7 @@ def main():
     p.add_argument("--refresh-token", default="")
     p.add_argument("--ttl", type=int, required=True)
     p.add_argument("--exp-offset", type=int, default=0)
+    p.add_argument("--expires-in", type=int, default=0)
     p.add_argument("--anonymous-pull", action="store_true")
     p.add_argument("--log", required=True)
     ARGS = p.parse_args()
