@@ -162,7 +162,7 @@ struct Request {
 /// a request that gets no usable response after the client's retries is the
 /// error (at once, whatever its racing twin is doing); a body that breaks is
 /// resumed from where it broke, failing after `attempts` breaks in a row without
-/// progress.
+/// progress or `8 × attempts` breaks in all.
 pub struct HedgedReader {
     client: Arc<Client>,
     digest: Digest,
@@ -176,6 +176,8 @@ pub struct HedgedReader {
     pending: Option<(Vec<u8>, usize)>,
     /// Breaks in a row without a byte of progress.
     failures: u32,
+    /// Breaks in all.
+    breaks: u32,
     /// Hedges sent since the last progress.
     hedges: u32,
     /// When the last byte (or the first request) arrived.
@@ -205,6 +207,7 @@ impl HedgedReader {
             requests: Vec::new(),
             pending: None,
             failures: 0,
+            breaks: 0,
             hedges: 0,
             last_progress: Instant::now(),
             serving: None,
@@ -332,7 +335,9 @@ impl HedgedReader {
                         continue;
                     }
                     self.failures += 1;
-                    if self.failures >= self.client.options().attempts.max(1) {
+                    self.breaks += 1;
+                    let attempts = self.client.options().attempts.max(1);
+                    if self.failures >= attempts || self.breaks >= attempts.saturating_mul(8) {
                         return Err(io::Error::other(format!(
                             "{}: blob {}: {err}",
                             self.client.name(),
