@@ -43,6 +43,9 @@ pub const DEFAULT_MAX_BYTES: u64 = 10 << 30;
 pub const DEFAULT_MIN_FREE_PERCENT: u64 = 10;
 /// ...but at most this much: 16 GiB.
 pub const DEFAULT_MIN_FREE_CAP: u64 = 16 << 30;
+/// The cache's size is looked at after this many bytes are written to it (a
+/// look lists every span file), or after an eighth of its limit if less.
+const EVICT_CHECK_BYTES: u64 = 64 << 20;
 /// After the tier said it lacks a layer, it is asked again after this long.
 const ABSENT_RECHECK: Duration = Duration::from_secs(60);
 
@@ -1025,10 +1028,11 @@ impl Store {
     }
 
     /// Counts bytes added to the cache and evicts past the limit (checked every
-    /// 64 MiB written by this process).
+    /// [`EVICT_CHECK_BYTES`] written by this process, or every eighth of the
+    /// limit if that is less: a small cache stays near its limit).
     fn account(&self, len: u64) {
         let added = self.added.fetch_add(len, Ordering::Relaxed) + len;
-        if added >= 64 << 20 {
+        if added >= EVICT_CHECK_BYTES.min(self.max_bytes / 8) {
             self.added.store(0, Ordering::Relaxed);
             self.evict();
         }
