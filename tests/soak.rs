@@ -529,6 +529,11 @@ fn sixty_four_readers_through_a_dropping_proxy_are_exact_and_flat() {
         start.rss_kib, end.rss_kib, peak, start.fds, end.fds, max_fds
     );
     let log = std::fs::read_to_string(m.dir.with_extension("log")).unwrap_or_default();
+    let warnings = log.lines().filter(|l| l.contains(" WARN ")).count();
+    eprintln!(
+        "SOAK mount log: {} lines, {warnings} warnings",
+        log.lines().count()
+    );
     let first = tally.first.lock().unwrap().clone();
     assert_eq!(
         tally.wrong.load(Ordering::Relaxed),
@@ -544,6 +549,9 @@ fn sixty_four_readers_through_a_dropping_proxy_are_exact_and_flat() {
         tally.reads.load(Ordering::Relaxed) > READERS,
         "hardly any reads"
     );
+    // Eviction leaves spans being written alone (it removed them, and their
+    // writers fetched them again).
+    assert!(!log.contains("cannot cache span"), "mount log:\n{log}");
     // The faults and the cache's churn lasted the whole run.
     for w in samples.windows(2) {
         assert!(
