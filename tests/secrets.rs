@@ -173,6 +173,16 @@ fn no_credential_or_token_in_any_output_or_log_at_trace_level() {
     // clipctl does not forward to its subscriber, so nothing of reqwest's shows).
     let all = cap.all();
     let text = String::from_utf8_lossy(&all);
+    for (what, bytes) in &cap.0 {
+        let logs = what.contains("stderr") || what.contains("--log-file");
+        let empty = what.starts_with("cat --password: stderr"); // logged to its file
+        if logs && !empty {
+            assert!(
+                contains(bytes, b"hyper_util::client::legacy::pool"),
+                "no trace events of the HTTP client in {what}"
+            );
+        }
+    }
     for target in [
         " TRACE ",
         "hyper_util::client::legacy::pool",
