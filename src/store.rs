@@ -43,6 +43,16 @@ pub const DEFAULT_MAX_BYTES: u64 = 10 << 30;
 pub const DEFAULT_MIN_FREE_PERCENT: u64 = 10;
 /// ...but at most this much: 16 GiB.
 pub const DEFAULT_MIN_FREE_CAP: u64 = 16 << 30;
+/// Whether `path` is a span file being written (`.tmp-*`, renamed into place
+/// once complete).
+fn is_temporary(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.as_encoded_bytes().starts_with(b".tmp-"))
+}
+
+/// The cache's size is looked at after this many bytes are written to it (a
+/// look lists every span file), or after an eighth of its limit if less.
+const EVICT_CHECK_BYTES: u64 = 64 << 20;
 /// After the tier said it lacks a layer, it is asked again after this long.
 const ABSENT_RECHECK: Duration = Duration::from_secs(60);
 
@@ -165,9 +175,19 @@ pub struct StoreStats {
     pub compressed_bytes_read: u64,
 }
 
-/// The outcome of a fetch: the span is in its cache file (`None`), or, when the
-/// cache cannot be written, in memory; and where it came from.
-type Fetched = (Option<Arc<Vec<u8>>>, ReadInfo);
+/// Where a fetched span's bytes are.
+#[derive(Clone)]
+enum Span {
+    /// In its cache file, open: readable even if the file is evicted before the
+    /// reader gets to it (a small cache under many concurrent fetches).
+    File(SpanFile),
+    /// In memory, the cache file not written (the disk too full, or a write
+    /// failed).
+    Memory(Arc<Vec<u8>>),
+}
+
+/// The outcome of a fetch: the span's bytes, and where they came from.
+type Fetched = (Span, ReadInfo);
 
 #[derive(Default)]
 struct Flight {
@@ -334,10 +354,7 @@ impl Store {
                 .ok()
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|age| age > Duration::from_secs(60));
-            let tmp = path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"));
-            if tmp && old {
+            if is_temporary(&path) && old {
                 let _ = fs::remove_file(&path);
             }
         }
@@ -415,11 +432,18 @@ impl Store {
                 // Evicted or replaced under us: forget it and fetch.
                 self.forget(&hash);
             }
-            let (data, info) = self.fetch(layer, k, hash)?;
-            if let Some(data) = data {
-                let w = within as usize;
-                dst.copy_from_slice(&data[w..w + dst.len()]);
-                return Ok(info);
+            match self.fetch(layer, k, hash)? {
+                (Span::File(f), info) => {
+                    if f.read_exact_at(dst, within).is_ok() {
+                        return Ok(info);
+                    }
+                    self.forget(&hash);
+                }
+                (Span::Memory(data), info) => {
+                    let w = within as usize;
+                    dst.copy_from_slice(&data[w..w + dst.len()]);
+                    return Ok(info);
+                }
             }
         }
         Err(Error::format(format!(
@@ -508,8 +532,8 @@ impl Store {
         // the span was cached) may have finished between the caller's look at the
         // cache and this flight: look again before fetching.
         let r = match self.cached_file(layer, k, &hash) {
-            Ok(Some((_, tier))) => Ok((
-                None,
+            Ok(Some((f, tier))) => Ok((
+                Span::File(f),
                 ReadInfo {
                     tier,
                     fallback: false,
@@ -573,16 +597,11 @@ impl Store {
     /// buffer) and renames it into place. If the cache cannot (or must not, the
     /// disk being too full) be written, the span is decoded into memory instead, so
     /// reads never fail for a full disk.
-    fn decode_to_file(
-        &self,
-        layer: usize,
-        k: usize,
-        hash: &[u8; 32],
-    ) -> Result<Option<Arc<Vec<u8>>>> {
+    fn decode_to_file(&self, layer: usize, k: usize, hash: &[u8; 32]) -> Result<Span> {
         let (s, e) = self.image.archive().layers[layer].codec.span_range(k);
         if self.low_on_space(e - s) {
             self.counters.uncached.fetch_add(1, Ordering::Relaxed);
-            return Ok(Some(Arc::new(self.image.decode_span(layer, k)?)));
+            return Ok(Span::Memory(Arc::new(self.image.decode_span(layer, k)?)));
         }
         let path = self.span_path(hash);
         let dir = path.parent().expect("has a parent");
@@ -623,10 +642,10 @@ impl Store {
                     drop(w);
                     let len = tmp.as_file().metadata().map(|m| m.len()).unwrap_or(0);
                     match tmp.persist(&path) {
-                        Ok(_) => {
+                        Ok(file) => {
                             self.verified.lock().expect("verified lock").insert(*hash);
                             self.account(len);
-                            return Ok(None);
+                            return Ok(Span::File(Arc::new(file)));
                         }
                         Err(e) => {
                             tracing::warn!("cannot cache span at {}: {}", path.display(), e.error)
@@ -639,15 +658,15 @@ impl Store {
         } else if let Err(e) = tmp {
             tracing::warn!("cannot cache span: {e}");
         }
-        Ok(Some(Arc::new(self.image.decode_span(layer, k)?)))
+        Ok(Span::Memory(Arc::new(self.image.decode_span(layer, k)?)))
     }
 
     /// Writes verified span bytes into the cache (temporary file and rename);
-    /// `None` once cached, else the bytes (to serve from memory).
-    fn persist(&self, hash: &[u8; 32], data: Vec<u8>) -> Option<Arc<Vec<u8>>> {
+    /// the cache file once written, else the bytes (to serve from memory).
+    fn persist(&self, hash: &[u8; 32], data: Vec<u8>) -> Span {
         if self.low_on_space(data.len() as u64) {
             self.counters.uncached.fetch_add(1, Ordering::Relaxed);
-            return Some(Arc::new(data));
+            return Span::Memory(Arc::new(data));
         }
         let path = self.span_path(hash);
         let dir = path.parent().expect("has a parent");
@@ -658,14 +677,14 @@ impl Store {
                 tmp.persist(&path).map_err(|e| e.error)
             });
         match written {
-            Ok(_) => {
+            Ok(file) => {
                 self.verified.lock().expect("verified lock").insert(*hash);
                 self.account(data.len() as u64);
-                None
+                Span::File(Arc::new(file))
             }
             Err(e) => {
                 tracing::warn!("cannot cache span at {}: {e}", path.display());
-                Some(Arc::new(data))
+                Span::Memory(Arc::new(data))
             }
         }
     }
@@ -1025,21 +1044,25 @@ impl Store {
     }
 
     /// Counts bytes added to the cache and evicts past the limit (checked every
-    /// 64 MiB written by this process).
+    /// [`EVICT_CHECK_BYTES`] written by this process, or every eighth of the
+    /// limit if that is less: a small cache stays near its limit).
     fn account(&self, len: u64) {
         let added = self.added.fetch_add(len, Ordering::Relaxed) + len;
-        if added >= 64 << 20 {
+        if added >= EVICT_CHECK_BYTES.min(self.max_bytes / 8) {
             self.added.store(0, Ordering::Relaxed);
             self.evict();
         }
     }
 
     /// Removes least recently used spans until the cache is under 90% of its limit
-    /// and its file system has its free-space floor again.
+    /// and its file system has its free-space floor again. Temporary files (spans
+    /// being written, by this process or another) are neither counted nor removed:
+    /// removing one made its writer's rename fail and the span be fetched again.
     pub fn evict(&self) {
         let mut files: Vec<(SystemTime, u64, PathBuf)> = self
             .files()
             .into_iter()
+            .filter(|(p, _)| !is_temporary(p))
             .map(|(p, m)| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), p))
             .collect();
         let mut total: u64 = files.iter().map(|f| f.1).sum();

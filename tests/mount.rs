@@ -2,7 +2,7 @@
 //! threads of random reads are byte-exact, a cold read inflates one span and a
 //! second touches no source bytes, and the span cache survives SIGKILL and
 //! corruption; a mount point left dead by SIGKILL is detached and mounted again; a
-//! full cache disk is a pass-through. They need root and /dev/fuse: without them they fail, never skip.
+//! full cache disk is a pass-through, and so is a cache smaller than one span. They need root and /dev/fuse: without them they fail, never skip.
 
 mod util;
 
@@ -314,5 +314,63 @@ fn a_full_cache_disk_is_a_pass_through_not_an_error() {
     }
     let s = m.stats();
     assert!(s["uncached"].as_u64().unwrap_or(0) >= 1, "{s}");
+    m.unmount();
+}
+
+#[test]
+fn a_cache_smaller_than_a_span_still_serves_every_byte() {
+    // A 1-byte cache: every span file written is evicted at once (by the next
+    // look at the cache's size, or by its own writer's), often before the reader
+    // that fetched it opens it. Readers read the file they wrote, not its path
+    // (they reopened it by path: "span N of layer L keeps disappearing from the
+    // cache", EIO).
+    require_fuse();
+    let d = tmp("clip-tiny-cache-");
+    let layout = d.path().join("layout");
+    multi_span_layout(&layout, "m");
+    let archive = d.path().join("m.clip");
+    index(&layout, "m", &archive);
+    let m = Arc::new(Mounted::with_args(
+        &archive,
+        &d.path().join("mnt"),
+        &d.path().join("cache"),
+        &[
+            std::ffi::OsStr::new("--layout"),
+            layout.as_os_str(),
+            std::ffi::OsStr::new("--cache-size"),
+            std::ffi::OsStr::new("1"),
+        ],
+    ));
+    let want: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| (format!("data/blob{i}"), pseudo_random_bytes(i, 3 << 20)))
+        .chain([("data/text".to_string(), compressible_bytes(5 << 20))])
+        .collect();
+    for round in 0..2 {
+        let threads: Vec<_> = want
+            .iter()
+            .cloned()
+            .map(|(name, bytes)| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    let f = std::fs::File::open(m.dir.join(&name)).unwrap();
+                    // The kernel's cached pages of the file go, so this round
+                    // reads through the mount again.
+                    use std::os::fd::AsRawFd;
+                    // SAFETY: a valid open fd; only clean cached pages are dropped.
+                    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+                    let mut got = vec![0u8; bytes.len()];
+                    f.read_exact_at(&mut got, 0).unwrap_or_else(|e| {
+                        panic!("{name} (round {round}) with a 1-byte cache: {e}")
+                    });
+                    assert!(got == bytes, "{name} (round {round}) differs");
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+    let s = m.stats();
+    assert!(s["evicted"].as_u64().unwrap_or(0) >= 9, "{s}");
     m.unmount();
 }

@@ -10,7 +10,8 @@
 //! body that stalls, a token the registry refuses (`401`), a `Range` the registry
 //! answers with `200` or with other bytes than asked; on every n-th request
 //! (optionally only the requests whose request line contains a string), at most a
-//! given number of times.
+//! given number of times. Or, with [`RandomDrops`], connections dropped at random
+//! (seeded): reset or closed at a random point of the body.
 //!
 //! [`Proxy::redirecting`] makes it a registry that keeps blobs elsewhere: a blob
 //! GET the registry would answer is answered `307` to a [`BlobHost`] URL.
@@ -76,8 +77,50 @@ pub struct Faults {
     /// Only requests whose request line contains this are counted for the
     /// `*_every` faults and get them (`None`: all requests).
     pub only: Option<&'static str>,
-    /// At most this many faults are injected in all (0: no limit).
+    /// At most this many faults are injected in all (0: no limit; the limit
+    /// does not apply to [`drops`](Self::drops)).
     pub limit: u64,
+    /// Connections dropped at random (among the requests [`only`](Self::only)
+    /// lets through).
+    pub drops: Option<RandomDrops>,
+}
+
+/// Connections dropped at random: each request is dropped with probability
+/// `per_mille`/1000, half of the drops a TCP reset (RST), half a plain close
+/// (FIN: the client sees a body shorter than its `Content-Length`), after a
+/// random number of body bytes below `within`. The draws come from `seed` and the
+/// request's number, so a run is reproducible up to the order requests arrive
+/// in. A drop counts as injected when it happens (a body shorter than the
+/// offset drawn is sent whole and counts nothing).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RandomDrops {
+    /// Seed of the draws.
+    pub seed: u64,
+    /// Chance of a drop per request, in thousandths.
+    pub per_mille: u64,
+    /// Drops happen before this many body bytes.
+    pub within: u64,
+}
+
+/// splitmix64: the `n`-th draw of a stream seeded with `seed`.
+fn splitmix(seed: u64, n: u64) -> u64 {
+    let mut z = seed.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl RandomDrops {
+    /// What request `n` gets: `None`, or a drop after so many body bytes, by
+    /// reset (`true`) or close (`false`).
+    fn draw(&self, n: u64) -> Option<(u64, bool)> {
+        let r = splitmix(self.seed, n);
+        if self.per_mille == 0 || r % 1000 >= self.per_mille {
+            return None;
+        }
+        let r2 = splitmix(self.seed ^ 0x5bd1_e995, n);
+        Some((r2 % self.within.max(1), (r2 >> 63) == 1))
+    }
 }
 
 impl Faults {
@@ -97,6 +140,8 @@ struct Plan {
     bad_range: Option<(i64, i64)>,
     cut: Option<u64>,
     reset: Option<u64>,
+    /// A random drop after so many body bytes: by reset (`true`) or close.
+    drop: Option<(u64, bool)>,
     corrupt: Option<u64>,
     stall: Option<(u64, Duration)>,
 }
@@ -110,6 +155,9 @@ struct Shared {
     matching: AtomicU64,
     /// Faults injected.
     injected: AtomicU64,
+    /// Random drops done, by reset and by close.
+    dropped_reset: AtomicU64,
+    dropped_close: AtomicU64,
     lines: Mutex<Vec<String>>,
     /// Request lines and the status answered (the registry's, or the proxy's own).
     statuses: Mutex<Vec<(String, u16)>>,
@@ -148,6 +196,7 @@ impl Shared {
         p.reset = hit(f.reset_every).then_some(f.reset_after);
         p.corrupt = hit(f.corrupt_every).then_some(f.corrupt_at);
         p.stall = hit(f.stall_every).then_some((f.stall_after, f.stall_for));
+        p.drop = f.drops.and_then(|d| d.draw(n));
         p
     }
 }
@@ -238,6 +287,14 @@ impl Proxy {
     /// Faults injected so far.
     pub fn injected(&self) -> u64 {
         self.shared.injected.load(Ordering::Relaxed)
+    }
+
+    /// Random drops done so far ([`RandomDrops`]): by reset, by close.
+    pub fn dropped(&self) -> (u64, u64) {
+        (
+            self.shared.dropped_reset.load(Ordering::Relaxed),
+            self.shared.dropped_close.load(Ordering::Relaxed),
+        )
     }
 
     /// The request lines received so far (`GET /v2/... HTTP/1.1`; absolute URIs
@@ -481,6 +538,23 @@ fn serve(conn: TcpStream, config: &Config, sh: &Shared) -> std::io::Result<()> {
                 // Let the bytes leave before the RST discards the send queue.
                 std::thread::sleep(Duration::from_millis(50));
                 reset(out);
+                return Ok(());
+            }
+            if let Some((after, rst)) = plan.drop
+                && body(after) < hi
+            {
+                let k = body(after).saturating_sub(lo) as usize;
+                let _ = out.write_all(&chunk[..k]);
+                sh.bytes.fetch_add(k as u64, Ordering::Relaxed);
+                sh.injected.fetch_add(1, Ordering::Relaxed);
+                if rst {
+                    sh.dropped_reset.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(50));
+                    reset(out);
+                } else {
+                    sh.dropped_close.fetch_add(1, Ordering::Relaxed);
+                    let _ = out.shutdown(Shutdown::Both);
+                }
                 return Ok(());
             }
             if let Some((after, d)) = plan.stall

@@ -457,7 +457,8 @@ impl TestRegistry {
 
     /// One JSON object per token issued, oldest first: `n`, `sub` (the user, `""`
     /// when anonymous), `via` (`basic`, `anonymous`, `oauth-password` or
-    /// `oauth-refresh`), `scopes` (as requested) and `access` (as granted).
+    /// `oauth-refresh`), `scopes` (as requested), `access` (as granted) and
+    /// `token` (the JWT).
     pub fn token_requests(&self) -> Vec<Value> {
         let Some(ts) = &self.token_server else {
             return Vec::new();
@@ -466,6 +467,14 @@ impl TestRegistry {
             .lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| serde_json::from_str(l).expect("token log line"))
+            .collect()
+    }
+
+    /// Every token the token server has issued (the JWTs), oldest first.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.token_requests()
+            .iter()
+            .map(|t| t["token"].as_str().expect("token in the log").to_string())
             .collect()
     }
 

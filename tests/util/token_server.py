@@ -22,8 +22,9 @@ registry reject the token `ttl` seconds after issue; `iat` is rounded up to a
 whole second, so the token is good for at least `ttl` seconds). Answers say
 `expires_in: ttl`, or `--expires-in` (a token that dies before the client expects).
 
-On start it prints `PORT\n` on stdout; every token issued appends one line (JSON)
-to `--log`. It runs until killed.
+On start it prints `PORT\n` on stdout; every token issued appends one line (JSON,
+the token itself included, so tests can look for it where it must not be) to
+`--log`. It runs until killed.
 """
 
 import argparse
@@ -137,7 +138,14 @@ def issue(subject, scopes, authenticated, via):
     with LOCK:
         COUNT += 1
         with open(ARGS.log, "a") as f:
-            entry = {"n": COUNT, "sub": subject, "via": via, "scopes": scopes, "access": access}
+            entry = {
+                "n": COUNT,
+                "sub": subject,
+                "via": via,
+                "scopes": scopes,
+                "access": access,
+                "token": token,
+            }
             f.write(json.dumps(entry) + "\n")
     issued_at = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
     return token, issued_at.strftime("%Y-%m-%dT%H:%M:%SZ")
