@@ -392,8 +392,11 @@ impl Default for TreeBuilder {
 
 impl TreeBuilder {
     /// Adds one entry; file entries name data layer `layer` at `data_offset`.
-    /// An entry with an empty path (or `.`) sets the root's attributes.
+    /// An entry with an empty path (or `.`) sets the root's attributes. Paths and
+    /// link targets over the limits ([`crate::limits::check_entry`]) are refused,
+    /// so no tree is built that a reader would refuse.
     pub fn add(&mut self, e: &Entry, layer: u32) -> Result<()> {
+        crate::limits::check_entry(e)?;
         self.0.apply_entry(e, layer)
     }
 
