@@ -221,6 +221,15 @@ fn index_layers(
     // Set when a layer fails or the progress callback says stop: the other layers
     // stop too. Kept apart from the caller's cancel token, which only the caller sets.
     let stop = AtomicBool::new(false);
+    // All layers' entries stay in memory until the merge: bounded per image.
+    let budget = crate::limits::ImageBudget::default();
+    let image_what = format!("image {}", image.manifest_digest);
+    let admit = |r: Result<LayerIndex>| -> Result<LayerIndex> {
+        let li = r?;
+        let bytes = li.entries.iter().map(crate::limits::entry_bytes).sum();
+        budget.add_layer(&image_what, li.entries.len() as u64, bytes)?;
+        Ok(li)
+    };
     let stopped = || stop.load(Ordering::Relaxed) || opts.cancel.load(Ordering::Relaxed);
     let tell = |p: &Progress| {
         if let Some(f) = &opts.progress
@@ -254,6 +263,14 @@ fn index_layers(
                         source,
                     };
                     if let Some(li) = cached(opts, layer) {
+                        let li = match admit(Ok(li)) {
+                            Ok(li) => li,
+                            Err(e) => {
+                                stop.store(true, Ordering::Relaxed);
+                                results.lock().expect("results lock")[i] = Some(Err(e));
+                                continue;
+                            }
+                        };
                         let ev = |stage, c, files| Progress {
                             source: SOURCE_INDEX_CACHE,
                             ..event(stage, Default::default(), c, files)
@@ -292,6 +309,14 @@ fn index_layers(
                                     }
                                 }) {
                                     Ok(li) => {
+                                        let li = match admit(Ok(li)) {
+                                            Ok(li) => li,
+                                            Err(e) => {
+                                                stop.store(true, Ordering::Relaxed);
+                                                results.lock().expect("results lock")[i] = Some(Err(e));
+                                                continue;
+                                            }
+                                        };
                                         store_cached(opts, &li);
                                         let c = completed.fetch_add(1, Ordering::SeqCst) + 1;
                                         let done = index::layer::LayerProgress {
@@ -365,6 +390,7 @@ fn index_layers(
                             r => break (r, spool),
                         }
                     };
+                    let r = admit(r);
                     if let (Ok(_), Some(sp), Some(t)) = (&r, spool, &opts.content_tier) {
                         sp.store(t, layer);
                     }

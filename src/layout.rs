@@ -3,7 +3,9 @@
 //!
 //! Images are named by the `org.opencontainers.image.ref.name` annotation of their
 //! entry in `index.json` (a tag such as `latest`). Every blob read is checked against
-//! its descriptor's size and digest.
+//! its descriptor's size and digest; `oci-layout`, `index.json`, manifests,
+//! indexes and configs are read with a bound ([`MAX_METADATA_BLOB`], the size a
+//! descriptor claims), indexes followed at most [`MAX_INDEX_DEPTH`] deep.
 
 use std::fs::File;
 use std::io::Read;
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
+use crate::limits::{self, MAX_INDEX_DEPTH, MAX_METADATA_BLOB};
 use crate::oci::{self, Desc, ManifestKind, Platform, ResolvedImage};
 
 /// The annotation that carries an image's tag in `index.json`.
@@ -29,14 +32,11 @@ impl Layout {
     pub fn open(root: &Path) -> Result<Layout> {
         let wrap = |e: Error| e.with_path(root);
         let marker = root.join("oci-layout");
-        let bytes = std::fs::read(&marker).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                wrap(Error::NotFound(
-                    "not an OCI image layout (no oci-layout file)".into(),
-                ))
-            } else {
-                Error::io("reading", &marker, e)
-            }
+        let bytes = read_bounded(&marker, MAX_METADATA_BLOB).map_err(|e| match e {
+            Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound => wrap(
+                Error::NotFound("not an OCI image layout (no oci-layout file)".into()),
+            ),
+            e => e,
         })?;
         #[derive(serde::Deserialize)]
         struct Marker {
@@ -52,7 +52,7 @@ impl Layout {
             ))));
         }
         let index_path = root.join("index.json");
-        let bytes = std::fs::read(&index_path).ctx("reading", &index_path)?;
+        let bytes = read_bounded(&index_path, MAX_METADATA_BLOB)?;
         let manifests = match oci::parse_manifest_or_index(&bytes, "index.json").map_err(wrap)? {
             ManifestKind::Index(m) => m,
             ManifestKind::Manifest(_) => {
@@ -117,7 +117,7 @@ impl Layout {
         };
         let mut desc = top.clone();
         // Follow indexes (possibly nested) down to one manifest.
-        for _ in 0..4 {
+        for _ in 0..=MAX_INDEX_DEPTH {
             let bytes = self.read_blob(&desc)?;
             match oci::parse_manifest_or_index(&bytes, &format!("manifest {}", desc.digest))
                 .map_err(wrap)?
@@ -135,7 +135,13 @@ impl Layout {
                 }
             }
         }
-        Err(wrap(Error::format("image indexes nested too deeply")))
+        Err(wrap(limits::exceeded(
+            format_args!("index {}", top.digest),
+            format_args!("at least {}", MAX_INDEX_DEPTH + 1),
+            "nested indexes",
+            MAX_INDEX_DEPTH,
+            "limits::MAX_INDEX_DEPTH",
+        )))
     }
 
     /// Where the blob `digest` lives.
@@ -143,16 +149,25 @@ impl Layout {
         self.root.join("blobs").join("sha256").join(digest.hex())
     }
 
-    /// Reads a small blob (manifest, index, config), checking size and digest.
+    /// Reads a small blob (manifest, index, config), checking size and digest:
+    /// never more than the size its descriptor claims (one byte more shows a
+    /// longer file), which may be at most [`MAX_METADATA_BLOB`].
     pub fn read_blob(&self, desc: &Desc) -> Result<Vec<u8>> {
         oci::check_metadata_size(desc)?;
         let path = self.blob_path(&desc.digest);
         let mut data = Vec::with_capacity(desc.size as usize);
         File::open(&path)
             .ctx("opening blob", &path)?
-            .take(oci::MAX_METADATA_BLOB + 1)
+            .take(desc.size + 1)
             .read_to_end(&mut data)
             .ctx("reading blob", &path)?;
+        if data.len() as u64 > desc.size {
+            return Err(Error::format(format!(
+                "blob {} is longer than the {} bytes its descriptor claims",
+                desc.digest, desc.size
+            ))
+            .with_path(&path));
+        }
         if data.len() as u64 != desc.size {
             return Err(Error::format(format!(
                 "blob {}: size {} does not match its descriptor ({} bytes)",
@@ -188,4 +203,25 @@ impl Layout {
         }
         Ok(f)
     }
+}
+
+/// Reads the file at `path`, refusing one longer than `limit` bytes without
+/// reading more than one byte past it.
+fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    File::open(path)
+        .ctx("opening", path)?
+        .take(limit + 1)
+        .read_to_end(&mut data)
+        .ctx("reading", path)?;
+    if data.len() as u64 > limit {
+        return Err(limits::exceeded(
+            path.display(),
+            format_args!("at least {}", limit + 1),
+            "bytes",
+            format_args!("{limit} bytes for metadata"),
+            "limits::MAX_METADATA_BLOB",
+        ));
+    }
+    Ok(data)
 }

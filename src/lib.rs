@@ -32,6 +32,8 @@
 //! - [`trace`]: read tracing events (file reads and the span work below them).
 //! - [`create`]: the high-level "index this image into that archive" operation.
 //! - [`mount`] and [`fs`]: the FUSE mount of an image.
+//! - [`limits`]: the limits every reader of hostile input enforces (layers,
+//!   manifests, entries, path length and depth, decompression ratio).
 //! - [`log`]: a global stderr log subscriber with a changeable level (for the C ABI).
 //! - [`ffi`]: the C ABI (`include/clip.h`); the only module with `unsafe` code.
 //!
@@ -52,6 +54,7 @@ pub mod goclip;
 pub mod image;
 pub mod index;
 pub mod layout;
+pub mod limits;
 pub mod log;
 pub mod mount;
 pub mod oci;

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::limits;
 
-/// Largest manifest, index or config blob we read into memory.
-pub const MAX_METADATA_BLOB: u64 = 16 << 20;
+pub use crate::limits::MAX_METADATA_BLOB;
 
 /// OCI image index media type.
 pub const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -218,7 +218,9 @@ pub struct Manifest {
 }
 
 /// Parses a manifest or an index, deciding by its `mediaType` field or, when that is
-/// absent (allowed by OCI), by its shape.
+/// absent (allowed by OCI), by its shape. A manifest of more than
+/// [`limits::MAX_LAYERS`] layers, an index of more than
+/// [`limits::MAX_INDEX_MANIFESTS`] manifests is refused.
 pub fn parse_manifest_or_index(bytes: &[u8], what: &str) -> Result<ManifestKind> {
     #[derive(Deserialize)]
     struct Probe {
@@ -244,6 +246,13 @@ pub fn parse_manifest_or_index(bytes: &[u8], what: &str) -> Result<ManifestKind>
     if is_index {
         let idx = ImageIndex::from_reader(bytes)
             .map_err(|e| Error::format(format!("{what}: invalid image index: {e}")))?;
+        limits::check_count(
+            what,
+            idx.manifests().len() as u64,
+            "manifests",
+            limits::MAX_INDEX_MANIFESTS as u64,
+            "limits::MAX_INDEX_MANIFESTS",
+        )?;
         let descs = idx
             .manifests()
             .iter()
@@ -253,6 +262,13 @@ pub fn parse_manifest_or_index(bytes: &[u8], what: &str) -> Result<ManifestKind>
     } else {
         let m = ImageManifest::from_reader(bytes)
             .map_err(|e| Error::format(format!("{what}: invalid image manifest: {e}")))?;
+        limits::check_count(
+            what,
+            m.layers().len() as u64,
+            "layers",
+            limits::MAX_LAYERS as u64,
+            "limits::MAX_LAYERS",
+        )?;
         let media_type = match m.media_type() {
             Some(mt) => mt.to_string(),
             None => MediaType::ImageManifest.to_string(),
@@ -269,19 +285,26 @@ pub fn parse_manifest_or_index(bytes: &[u8], what: &str) -> Result<ManifestKind>
     }
 }
 
-/// Refuses a metadata blob (manifest, index, config) larger than
-/// [`MAX_METADATA_BLOB`] before it is read.
+/// Refuses a metadata blob (manifest, index, config) whose descriptor claims more
+/// than [`MAX_METADATA_BLOB`] bytes, before it is read. Readers then read at most
+/// the size the descriptor claims (and one byte more, to see a longer body).
 pub fn check_metadata_size(desc: &Desc) -> Result<()> {
     if desc.size > MAX_METADATA_BLOB {
-        return Err(Error::format(format!(
-            "blob {} is {} bytes, larger than the {MAX_METADATA_BLOB} bytes allowed for metadata",
-            desc.digest, desc.size
-        )));
+        return Err(limits::exceeded(
+            format_args!("blob {} ({})", desc.digest, desc.media_type),
+            desc.size,
+            "bytes by its descriptor",
+            format_args!("{MAX_METADATA_BLOB} bytes for metadata"),
+            "limits::MAX_METADATA_BLOB",
+        ));
     }
     Ok(())
 }
 
 /// Picks the manifest for `platform` from an index, or explains what is there.
+/// When no manifest matches, a nested index for `platform` (or for no platform)
+/// is picked, for the caller to follow (at most [`limits::MAX_INDEX_DEPTH`]
+/// deep), as containerd does.
 pub fn select_platform<'a>(
     manifests: &'a [Desc],
     platform: &Platform,
@@ -291,6 +314,12 @@ pub fn select_platform<'a>(
         .iter()
         .filter(|d| !d.is_index())
         .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
+        .or_else(|| {
+            manifests
+                .iter()
+                .filter(|d| d.is_index())
+                .find(|d| d.platform.as_ref().is_none_or(|p| platform.matches(p)))
+        })
         .ok_or_else(|| {
             let have: Vec<String> = manifests
                 .iter()

@@ -3,11 +3,15 @@
 //! entries of each directory stored contiguously and sorted by name, one string
 //! table for names, symlink targets and xattrs, and an xattr table.
 //!
+//! A decoded tree is validated whole, including [`limits::MAX_PATH_LEN`] and
+//! [`limits::MAX_PATH_DEPTH`] for every path from the root and symlink target.
+//!
 //! Hardlinks are several directory entries naming one inode. Regular files point at
 //! a byte range of one layer's uncompressed tar stream (or of the data section of a
 //! v1 archive).
 
 use crate::error::{Error, Result};
+use crate::limits;
 
 /// File type bits of `st_mode`.
 pub const S_IFMT: u32 = 0o170000;
@@ -453,7 +457,65 @@ impl Tree {
                 return bad("directory entries not sorted".into());
             }
         }
+        tree.check_paths()?;
         Ok(tree)
+    }
+
+    /// Refuses a tree with a path from the root (`/a/b`) longer than
+    /// [`limits::MAX_PATH_LEN`] bytes or deeper than [`limits::MAX_PATH_DEPTH`]
+    /// components, or a symlink target that is, so that whatever walks the tree
+    /// (extract, a mount's path list) builds bounded paths. Directories are walked
+    /// breadth first, each once (a directory named twice is walked where it is
+    /// met first).
+    fn check_paths(&self) -> Result<()> {
+        for (idx, i) in self.inodes.iter().enumerate() {
+            if i.kind() == Kind::Symlink {
+                limits::check_path(
+                    format_args!("archive tree: symlink inode {}", idx + 1),
+                    "target",
+                    self.symlink_target(idx as u64 + 1),
+                )?;
+            }
+        }
+        let mut seen = vec![false; self.inodes.len() + 1];
+        seen[ROOT_INO as usize] = true;
+        // (directory, length of its path, its depth)
+        let mut queue = std::collections::VecDeque::from([(ROOT_INO, 0usize, 0usize)]);
+        while let Some((dir, len, depth)) = queue.pop_front() {
+            for d in self.children(dir) {
+                let name = self.name(d);
+                let (len, depth) = (len + 1 + name.len(), depth + 1);
+                let what = || {
+                    let shown = limits::show_path(&[b"/".as_slice(), name].concat());
+                    format!("archive tree: the path to inode {} (ending {shown})", d.ino)
+                };
+                if len > limits::MAX_PATH_LEN {
+                    return Err(limits::exceeded(
+                        what(),
+                        len,
+                        "bytes",
+                        limits::MAX_PATH_LEN,
+                        "limits::MAX_PATH_LEN",
+                    ));
+                }
+                if depth > limits::MAX_PATH_DEPTH {
+                    return Err(limits::exceeded(
+                        what(),
+                        depth,
+                        "components",
+                        limits::MAX_PATH_DEPTH,
+                        "limits::MAX_PATH_DEPTH",
+                    ));
+                }
+                let ino = d.ino as u64;
+                if self.inode(ino).is_some_and(|i| i.kind() == Kind::Dir)
+                    && !std::mem::replace(&mut seen[ino as usize], true)
+                {
+                    queue.push_back((ino, len, depth));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -470,6 +532,84 @@ mod tests {
             b,
             ..Default::default()
         }
+    }
+
+    /// A chain of `n` directories below the root, each named `name`.
+    fn chain(n: usize, name: &[u8]) -> Result<Tree> {
+        let inodes: Vec<Inode> = (0..=n)
+            .map(|k| Inode {
+                parent: k.max(1) as u32,
+                ..dir(k as u64, u32::from(k < n))
+            })
+            .collect();
+        let dirents: Vec<Dirent> = (0..n)
+            .map(|k| Dirent {
+                name_off: 0,
+                name_len: name.len() as u32,
+                ino: k as u32 + 2,
+            })
+            .collect();
+        let t = Tree {
+            inodes,
+            dirents,
+            ..Default::default()
+        };
+        Tree::decode(
+            &t.encode_inodes(),
+            &t.encode_dirents(),
+            &[],
+            name.to_vec(),
+            0,
+        )
+    }
+
+    #[test]
+    fn decode_bounds_path_length_and_depth() {
+        chain(limits::MAX_PATH_DEPTH, b"a").unwrap();
+        let e = chain(limits::MAX_PATH_DEPTH + 1, b"a")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "archive tree: the path to inode 1026 (ending \"/a\"): 1025 components, more than the limit of 1024 (limits::MAX_PATH_DEPTH)"
+        );
+        // 16 names of 255 bytes: 4096 bytes with their slashes; 17: too long.
+        chain(16, &[b'n'; 255]).unwrap();
+        let e = chain(17, &[b'n'; 255]).unwrap_err().to_string();
+        assert!(
+            e.contains(": 4352 bytes, more than the limit of 4096 (limits::MAX_PATH_LEN)"),
+            "{e}"
+        );
+        // A symlink target too.
+        let t = Tree {
+            inodes: vec![
+                dir(0, 1),
+                Inode {
+                    mode: S_IFLNK | 0o777,
+                    size: 5000,
+                    ..Default::default()
+                },
+            ],
+            dirents: vec![Dirent {
+                name_off: 0,
+                name_len: 1,
+                ino: 2,
+            }],
+            ..Default::default()
+        };
+        let e = Tree::decode(
+            &t.encode_inodes(),
+            &t.encode_dirents(),
+            &[],
+            vec![b'x'; 5000],
+            0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "archive tree: symlink inode 2: target: 5000 bytes, more than the limit of 4096 (limits::MAX_PATH_LEN)"
+        );
     }
 
     #[test]

@@ -399,3 +399,78 @@ fn sealed_but_wrong_artifacts_are_errors_never_panics() {
     let e = cache::decode(&reseal(&a, &b), &key, &layer, SPAN).unwrap_err();
     assert!(e.to_string().contains("trailing"), "{e}");
 }
+
+#[test]
+fn artifacts_over_the_limits_are_refused_before_inflating() {
+    let d = tmp("clip-lic-");
+    let layout = d.path().join("layout");
+    let info = three_layers(&layout);
+    let store = Arc::new(DiskLayerIndexStore::open(d.path().join("cache"), 0).unwrap());
+    let out = d.path().join("out.clip");
+    clip::create::index_layout(
+        &layout,
+        Some("v1"),
+        &out,
+        &options(Some(store.clone()), SPAN).0,
+    )
+    .unwrap();
+    let l = &info.layers[0];
+    let layer = clip::oci::Layer {
+        desc: clip::oci::Desc {
+            media_type: l.media_type.clone(),
+            digest: Digest::parse(&l.digest).unwrap(),
+            size: l.size,
+            platform: None,
+            annotations: Default::default(),
+        },
+        compression: clip::oci::Compression::None,
+        diff_id: Digest::parse(&l.diff_id).unwrap(),
+    };
+    let key = cache::key(&layer.desc.digest, SPAN);
+    let a = store.get(&key).unwrap().unwrap();
+    // A body claiming 512 MiB from its few hundred stored bytes.
+    let mut b = a.clone();
+    b[104..112].copy_from_slice(&(512u64 << 20).to_le_bytes());
+    let n = b.len();
+    let sum = blake3::hash(&b[..n - 32]);
+    b[n - 32..].copy_from_slice(sum.as_bytes());
+    let e = cache::decode(&b, &key, &layer, SPAN)
+        .unwrap_err()
+        .to_string();
+    let stored = a.len() - 128 - 32;
+    assert_eq!(
+        e,
+        format!(
+            "layer-index artifact {key}: body: 536870912 bytes inflated from {stored} stored (a ratio of {}:1), more than the limit of 1000:1 (limits::MAX_RATIO)",
+            (512usize << 20) / stored
+        )
+    );
+    // A body that really inflates that much: 64 MiB of zeros after the entries.
+    let body = zstd::bulk::decompress(&a[128..a.len() - 32], 1 << 26).unwrap();
+    let mut zeros = body.clone();
+    zeros.resize(body.len() + (64 << 20), 0);
+    let e = cache::decode(&reseal(&a, &zeros), &key, &layer, SPAN).unwrap_err();
+    assert!(e.to_string().contains("(limits::MAX_RATIO)"), "{e}");
+    // An entry with a 5000-byte path, encoded by the writer itself.
+    let mut li = cache::decode(&a, &key, &layer, SPAN).unwrap();
+    li.entries[0].path = vec![b'p'; 5000];
+    let hostile = cache::encode(&li, SPAN).unwrap();
+    let e = cache::decode(&hostile, &key, &layer, SPAN)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!("layer-index artifact {key}: tar entry \"pppp"))
+            && e.ends_with("path: 5000 bytes, more than the limit of 4096 (limits::MAX_PATH_LEN)"),
+        "{e}"
+    );
+    // Through a build: each is a miss, the layer indexed again.
+    store.put(&key, &hostile).unwrap();
+    let (o, log) = options(Some(store.clone()), SPAN);
+    clip::create::index_layout(&layout, Some("v1"), &out, &o).unwrap();
+    let mut got = sources(&log, Stage::Completed);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![SOURCE_INDEX_CACHE, SOURCE_INDEX_CACHE, "local-layout"]
+    );
+}

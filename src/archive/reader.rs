@@ -6,9 +6,13 @@ use std::path::Path;
 use super::*;
 use crate::codec::{Checkpoint, CheckpointKind, Span};
 use crate::error::{Error, IoContext, Result};
+use crate::limits;
 use crate::oci::Compression;
+use crate::tree::{DIRENT_SIZE, INODE_SIZE};
 
-/// Largest metadata section (uncompressed) a reader accepts.
+/// Largest metadata section (uncompressed) a reader accepts. The tree's sections
+/// are bounded further by [`limits::MAX_IMAGE_ENTRIES`], compressed ones by
+/// [`limits::MAX_RATIO`], both before they are read.
 const MAX_SECTION: u64 = 4 << 30;
 /// Largest number of sections a reader accepts.
 const MAX_SECTIONS: u32 = 64;
@@ -163,8 +167,40 @@ fn parse_from(src: &(impl Bytes + ?Sized)) -> Result<Archive> {
             });
             continue;
         }
+        let name = match known {
+            Some(k) => format!("section {id} ({})", format!("{k:?}").to_uppercase()),
+            None => format!("section {id}"),
+        };
         if raw_len > MAX_SECTION {
-            return Err(bad(format!("section {id} is too large ({raw_len} bytes)")));
+            return Err(limits::exceeded(
+                &name,
+                raw_len,
+                "bytes",
+                MAX_SECTION,
+                "archive::reader::MAX_SECTION",
+            ));
+        }
+        // Bounded before anything is read or inflated: the tree's records by the
+        // entry limit, a compressed section by its ratio.
+        match known {
+            Some(SectionId::Inodes) => limits::check_count(
+                &name,
+                raw_len / INODE_SIZE as u64,
+                "inodes",
+                limits::MAX_IMAGE_ENTRIES + 1,
+                "limits::MAX_IMAGE_ENTRIES",
+            )?,
+            Some(SectionId::Dirents) => limits::check_count(
+                &name,
+                raw_len / DIRENT_SIZE as u64,
+                "directory entries",
+                limits::MAX_IMAGE_ENTRIES,
+                "limits::MAX_IMAGE_ENTRIES",
+            )?,
+            _ => {}
+        }
+        if sflags & FLAG_ZSTD != 0 {
+            limits::check_ratio(&name, stored_len, raw_len)?;
         }
         let stored = src.at(off, stored_len)?;
         if checksum(&stored) != sum {
@@ -192,6 +228,13 @@ fn parse_from(src: &(impl Bytes + ?Sized)) -> Result<Archive> {
         .map_err(|e| bad(format!("META section: {e}")))?;
     let layer_metas: Vec<LayerMeta> = serde_json::from_slice(&take(SectionId::Layers)?)
         .map_err(|e| bad(format!("LAYERS section: {e}")))?;
+    limits::check_count(
+        "LAYERS section",
+        layer_metas.len() as u64,
+        "layers",
+        limits::MAX_LAYERS as u64,
+        "limits::MAX_LAYERS",
+    )?;
     let cps = take(SectionId::Checkpoints)?;
     let spans = take(SectionId::Spans)?;
     let windows = take(SectionId::Windows)?;

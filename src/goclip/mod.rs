@@ -25,6 +25,7 @@ use std::io::Read;
 use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
+use crate::limits;
 use gob::Value;
 
 pub use serve::{GOCLIP_DATA_MEDIA_TYPE, open_image};
@@ -37,7 +38,11 @@ pub const HEADER_SIZE: usize = 54;
 pub const FORMAT_VERSION: u8 = 1;
 /// Bytes of the CRC-64 after each data block.
 pub const CHECKSUM_SIZE: u64 = 8;
-/// Largest index or storage info this reader accepts.
+/// Largest index or storage info this reader accepts (neither is compressed: it
+/// is read as stored, so the file's own size bounds it too). The index's nodes
+/// are bounded by [`limits::MAX_IMAGE_ENTRIES`], their paths and symlink targets
+/// by [`limits::MAX_PATH_LEN`] and [`limits::MAX_PATH_DEPTH`], the image's layers
+/// by [`limits::MAX_LAYERS`].
 const MAX_SECTION: u64 = 1 << 31;
 
 /// Whether `prefix` (a file's first bytes) starts a Go-clip archive.
@@ -223,7 +228,16 @@ fn parse_from(file_size: u64, read_at: &dyn Fn(u64, u64) -> Result<Vec<u8>>) -> 
         if len == 0 {
             return Ok((0, 0));
         }
-        if len < 0 || pos < HEADER_SIZE as i64 || len as u64 > MAX_SECTION {
+        if len as u64 > MAX_SECTION && len > 0 {
+            return Err(limits::exceeded(
+                format_args!("the header's {name}"),
+                len,
+                "bytes",
+                MAX_SECTION,
+                "goclip::MAX_SECTION",
+            ));
+        }
+        if len < 0 || pos < HEADER_SIZE as i64 {
             return Err(Error::format(format!(
                 "the header gives the {name} {len} bytes at {pos}"
             )));
@@ -349,19 +363,37 @@ impl Fields<'_> {
 }
 
 fn decode_index(index: &[u8]) -> Result<Vec<Node>> {
+    decode_index_with(index, limits::MAX_IMAGE_ENTRIES)
+}
+
+/// [`decode_index`], refusing more than `max_nodes` nodes (as each arrives).
+fn decode_index_with(index: &[u8], max_nodes: u64) -> Result<Vec<Node>> {
     let mut nodes = Vec::new();
     let mut failed: Option<Error> = None;
-    let r = gob::decode_each(index, &mut |item| match node_of(&item, nodes.len()) {
-        Ok(n) => {
-            nodes.push(n);
-            Ok(())
-        }
-        Err(e) => {
-            failed = Some(e);
-            Err(gob::GobError {
-                offset: 0,
-                what: "stopped".into(),
-            })
+    let r = gob::decode_each(index, &mut |item| {
+        let node = if nodes.len() as u64 >= max_nodes {
+            Err(limits::exceeded(
+                "index",
+                format_args!("at least {}", nodes.len() + 1),
+                "nodes",
+                max_nodes,
+                "limits::MAX_IMAGE_ENTRIES",
+            ))
+        } else {
+            node_of(&item, nodes.len())
+        };
+        match node {
+            Ok(n) => {
+                nodes.push(n);
+                Ok(())
+            }
+            Err(e) => {
+                failed = Some(e);
+                Err(gob::GobError {
+                    offset: 0,
+                    what: "stopped".into(),
+                })
+            }
         }
     });
     if let Some(e) = failed {
@@ -386,6 +418,7 @@ fn node_of(item: &Value, i: usize) -> Result<Node> {
         "Remote",
     ])?;
     let path = f.bytes("Path")?;
+    limits::check_path(format_args!("index node {i}"), "path", &path)?;
     let what = format!("index node {}", String::from_utf8_lossy(&path));
     let f = Fields {
         v: item,
@@ -432,7 +465,11 @@ fn node_of(item: &Value, i: usize) -> Result<Node> {
         mtime: a.uint("Mtime", u64::MAX)?,
         mtime_nsec: a.uint("Mtimensec", 999_999_999)? as u32,
         nlink: a.uint("Nlink", u32max)? as u32,
-        target: f.bytes("Target")?,
+        target: {
+            let t = f.bytes("Target")?;
+            limits::check_path(&what, "target", &t)?;
+            t
+        },
         content_hash: f.string("ContentHash")?,
         data_pos: f.int("DataPos")?,
         data_len: f.int("DataLen")?,
@@ -520,7 +557,17 @@ fn decode_storage(info: &[u8], header_type: &str) -> Result<(Storage, Option<ser
                 registry_url: s.string("RegistryURL")?,
                 repository: s.string("Repository")?,
                 reference: s.string("Reference")?,
-                layers: strings("Layers")?,
+                layers: {
+                    let l = strings("Layers")?;
+                    limits::check_count(
+                        &what,
+                        l.len() as u64,
+                        "layers",
+                        limits::MAX_LAYERS as u64,
+                        "limits::MAX_LAYERS",
+                    )?;
+                    l
+                },
                 decompressed_hash_by_layer: hashes,
                 gzip_checkpoints,
             }))
@@ -815,6 +862,42 @@ mod tests {
         assert_eq!(
             to_json(&v),
             serde_json::json!({"Created": "2024-03-05T07:08:09.12Z", "Ports": {"80/tcp": {}}})
+        );
+    }
+
+    #[test]
+    fn the_index_is_bounded_in_nodes_paths_and_layers() {
+        // A v1 archive the Go clip wrote (tests/goclip-gen), 4 nodes.
+        let a = parse(include_bytes!("../../fuzz/corpus/goclip/v1")).unwrap();
+        let n = a.nodes.len() as u64;
+        let index = &include_bytes!("../../fuzz/corpus/goclip/v1")[a.index_pos as usize..];
+        assert_eq!(decode_index_with(index, n).unwrap().len() as u64, n);
+        let e = decode_index_with(index, n - 1).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "index: at least {n} nodes, more than the limit of {} (limits::MAX_IMAGE_ENTRIES)",
+                n - 1
+            )
+        );
+        // Paths and targets, checked as each node is decoded.
+        let mut node = Value::Struct(vec![
+            ("NodeType".into(), Value::Bytes(b"symlink".to_vec())),
+            ("Path".into(), Value::Bytes(b"/l".to_vec())),
+            ("Target".into(), Value::Bytes(b"a/".repeat(1100))),
+        ]);
+        let e = node_of(&node, 7).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "index node /l: target: 1100 components, more than the limit of 1024 (limits::MAX_PATH_DEPTH)"
+        );
+        if let Value::Struct(fs) = &mut node {
+            fs[1].1 = Value::Bytes([b"/".as_slice(), &[b'p'; 5000]].concat());
+        }
+        let e = node_of(&node, 7).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "index node 7: path: 5001 bytes, more than the limit of 4096 (limits::MAX_PATH_LEN)"
         );
     }
 

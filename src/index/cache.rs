@@ -28,6 +28,7 @@ use crate::codec::{Checkpoint, CheckpointKind, CodecIndex, Span};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::index::LayerIndex;
+use crate::limits;
 use crate::oci::{Compression, Layer};
 use crate::tar::{Entry, EntryKind};
 
@@ -44,7 +45,9 @@ const HEADER_LEN: usize = 128;
 /// Size of the trailing checksum (BLAKE3, full 32 bytes).
 const CHECKSUM_LEN: usize = 32;
 /// Largest decompressed body accepted (a layer with millions of files stays
-/// far below it; a hostile header cannot make us allocate more).
+/// far below it; a hostile header cannot make us allocate more). The body is
+/// also bounded by [`limits::MAX_RATIO`] before it is inflated, and its entries
+/// by [`limits::MAX_LAYER_ENTRIES`] and the path limits.
 pub const MAX_BODY: u64 = 1 << 30;
 /// Largest single string (path, link target, xattr name or value).
 const MAX_STRING: u32 = 64 << 20;
@@ -283,8 +286,15 @@ pub fn decode(bytes: &[u8], key: &str, layer: &Layer, span_size: u64) -> Result<
             layer.diff_id
         )));
     }
+    let what = format!("layer-index artifact {key}: body");
     if raw_len > MAX_BODY {
-        return Err(bad(format!("body of {raw_len} bytes is too large")));
+        return Err(limits::exceeded(
+            &what,
+            raw_len,
+            "bytes",
+            MAX_BODY,
+            "index::cache::MAX_BODY",
+        ));
     }
     if stored_len != (body_end.len() - HEADER_LEN) as u64 {
         return Err(bad(format!(
@@ -292,6 +302,7 @@ pub fn decode(bytes: &[u8], key: &str, layer: &Layer, span_size: u64) -> Result<
             body_end.len() - HEADER_LEN
         )));
     }
+    limits::check_ratio(&what, stored_len, raw_len)?;
     let body = crate::codec::zstd::decompress_exact(&body_end[HEADER_LEN..], raw_len)
         .map_err(|e| bad(format!("body: {e}")))?;
     let mut c = Cursor {
@@ -340,6 +351,14 @@ pub fn decode(bytes: &[u8], key: &str, layer: &Layer, span_size: u64) -> Result<
         .validate(layer.desc.size)
         .map_err(|e| bad(e.to_string()))?;
     let n = c.count("entries", 77)?;
+    limits::check_count(
+        format_args!("layer-index artifact {key}"),
+        n as u64,
+        "entries",
+        limits::MAX_LAYER_ENTRIES,
+        "limits::MAX_LAYER_ENTRIES",
+    )?;
+    let mut budget = limits::LayerBudget::default();
     let mut entries = Vec::with_capacity(n);
     for _ in 0..n {
         let path = c.bytes("entry path")?;
@@ -390,6 +409,7 @@ pub fn decode(bytes: &[u8], key: &str, layer: &Layer, span_size: u64) -> Result<
                 String::from_utf8_lossy(&e.path)
             )));
         }
+        budget.add(&e).map_err(|err| bad(err.to_string()))?;
         entries.push(e);
     }
     if c.pos != body.len() {

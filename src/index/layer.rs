@@ -2,7 +2,9 @@
 //! against the manifest digest), decompression with checkpoints and span hashes
 //! ([`crate::codec`]), the uncompressed stream's sha256 (checked against the config's
 //! diff_id) and the tar entries with their payload offsets ([`crate::tar`]).
-//! Memory stays bounded by the span size, whatever the layer size.
+//! Memory stays bounded by the span size, whatever the layer size, plus the
+//! entries' headers, which [`LayerBudget`] bounds (count, metadata bytes, path
+//! length and depth: [`crate::limits`]).
 
 use std::io::Read;
 use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
@@ -11,6 +13,7 @@ use crate::archive::LayerRecord;
 use crate::codec::{self, CodecIndex};
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
+use crate::limits::LayerBudget;
 use crate::oci::{Compression, Layer};
 use crate::tar::{Entry, TarParser};
 
@@ -18,6 +21,8 @@ use crate::tar::{Entry, TarParser};
 const READ_CHUNK: usize = 1 << 20;
 /// Uncompressed chunks in flight between the decompressing and parsing threads.
 const PIPELINE_DEPTH: usize = 16;
+/// The producer's error when the parsing thread has stopped (its error wins).
+const TAR_STOPPED: &str = "tar parser stopped";
 
 /// Everything indexing learns about one layer: what the archive keeps (digests,
 /// sizes, checkpoints, spans) and the tar entries the merge consumes.
@@ -48,8 +53,15 @@ pub fn index_layer(
     cancel: &(dyn Fn() -> bool + Sync),
     progress: &mut dyn FnMut(LayerProgress),
 ) -> Result<LayerIndex> {
-    index_layer_inner(reader, layer, span_size, cancel, progress)
-        .map_err(|e| e.with_layer(layer.desc.digest))
+    index_layer_inner(
+        reader,
+        layer,
+        span_size,
+        cancel,
+        progress,
+        LayerBudget::default(),
+    )
+    .map_err(|e| e.with_layer(layer.desc.digest))
 }
 
 fn index_layer_inner(
@@ -58,6 +70,7 @@ fn index_layer_inner(
     span_size: u64,
     cancel: &(dyn Fn() -> bool + Sync),
     progress: &mut dyn FnMut(LayerProgress),
+    mut budget: LayerBudget,
 ) -> Result<LayerIndex> {
     // Two stages on two threads: this one reads, hashes the blob and decompresses
     // (building checkpoints and span hashes); the consumer hashes the uncompressed
@@ -73,6 +86,9 @@ fn index_layer_inner(
                 diff_hash.update(&buf);
                 if !tar.at_end() {
                     tar.push(&buf, &mut |e: Entry| -> Result<()> {
+                        // Paths and counts are bounded as entries arrive, so a
+                        // hostile stream stops here, not after filling memory.
+                        budget.add(&e)?;
                         entries.push(e);
                         Ok(())
                     })?;
@@ -86,7 +102,14 @@ fn index_layer_inner(
         let consumed = consumer
             .join()
             .unwrap_or_else(|_| Err(Error::format("tar parser thread panicked")));
-        let (compression, codec, uncompressed) = produced?;
+        let (compression, codec, uncompressed) = match produced {
+            Ok(p) => p,
+            // The parser's own error says why it stopped.
+            Err(Error::Format(m)) if m == TAR_STOPPED => {
+                return Err(consumed.err().unwrap_or(Error::Format(m)));
+            }
+            Err(e) => return Err(e),
+        };
         let (diff_id, entries) = consumed?;
         debug_assert_eq!(uncompressed, codec.uncompressed_size);
         if diff_id != layer.diff_id {
@@ -142,7 +165,7 @@ fn produce(
         b.clear();
         b.extend_from_slice(data);
         // A closed channel means the consumer failed; its error is reported.
-        tx.send(b).map_err(|_| Error::format("tar parser stopped"))
+        tx.send(b).map_err(|_| Error::format(TAR_STOPPED))
     };
     loop {
         if cancel() {
@@ -215,5 +238,62 @@ fn effective_compression(layer: &Layer, head: &[u8]) -> Result<Compression> {
             "media type {} announces {announced}, but the blob does not start like {announced} data",
             layer.desc.media_type
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Desc;
+
+    /// A gzip layer of `n` files, and its `Layer`.
+    fn layer_of(n: usize) -> (Vec<u8>, Layer) {
+        let mut t = tar::Builder::new(Vec::new());
+        for i in 0..n {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(1);
+            h.set_mode(0o644);
+            h.set_cksum();
+            t.append_data(&mut h, format!("f{i}"), &b"x"[..]).unwrap();
+        }
+        let tar = t.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let blob = gz.finish().unwrap();
+        let layer = Layer {
+            desc: Desc {
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                digest: Digest::of(&blob),
+                size: blob.len() as u64,
+                platform: None,
+                annotations: Default::default(),
+            },
+            compression: Compression::Gzip,
+            diff_id: Digest::of(&tar),
+        };
+        (blob, layer)
+    }
+
+    #[test]
+    fn a_layer_past_its_entry_budget_fails_naming_the_limit() {
+        let (blob, layer) = layer_of(5);
+        let run = |budget| {
+            index_layer_inner(
+                &mut &blob[..],
+                &layer,
+                1 << 20,
+                &|| false,
+                &mut |_| {},
+                budget,
+            )
+        };
+        assert_eq!(run(LayerBudget::new(5, 1 << 20)).unwrap().entries.len(), 5);
+        let e = run(LayerBudget::new(4, 1 << 20)).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "tar stream: at least 5 entries, more than the limit of 4 (limits::MAX_LAYER_ENTRIES)"
+        );
+        let e = run(LayerBudget::new(100, 9)).unwrap_err().to_string();
+        assert!(e.contains("(limits::MAX_ENTRY_BYTES)"), "{e}");
     }
 }

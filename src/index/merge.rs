@@ -17,6 +17,7 @@
 //! original path; the link entry's own header attributes are ignored, as `link(2)`
 //! does.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::LayerIndex;
@@ -115,21 +116,23 @@ impl Builder {
     /// tree. With `create`, missing directories are made; otherwise `None`.
     fn walk(&mut self, comps: &[&[u8]], create: bool) -> Result<Option<usize>> {
         let mut stack = vec![ROOT];
-        let mut queue: VecDeque<Vec<u8>> = comps.iter().map(|c| c.to_vec()).collect();
+        // Borrowed: a walk through existing directories allocates nothing per
+        // component (a path may have a thousand of them).
+        let mut queue: VecDeque<Cow<'_, [u8]>> = comps.iter().map(|&c| Cow::Borrowed(c)).collect();
         let mut links = 0;
         while let Some(c) = queue.pop_front() {
-            if c == b".." {
+            if *c == *b".." {
                 if stack.len() > 1 {
                     stack.pop();
                 }
                 continue;
             }
             let cur = *stack.last().expect("root stays");
-            let child = self.children(cur).and_then(|m| m.get(&c)).copied();
+            let child = self.children(cur).and_then(|m| m.get(&*c)).copied();
             match child {
                 None if create => {
                     let id = self.add(implicit_dir());
-                    self.children_mut(cur).insert(c, id);
+                    self.children_mut(cur).insert(c.into_owned(), id);
                     stack.push(id);
                 }
                 None => return Ok(None),
@@ -149,7 +152,7 @@ impl Builder {
                         let t: Vec<Vec<u8>> =
                             components(target).iter().map(|c| c.to_vec()).collect();
                         for comp in t.into_iter().rev() {
-                            queue.push_front(comp);
+                            queue.push_front(Cow::Owned(comp));
                         }
                     }
                     _ if create => {
@@ -392,8 +395,11 @@ impl Default for TreeBuilder {
 
 impl TreeBuilder {
     /// Adds one entry; file entries name data layer `layer` at `data_offset`.
-    /// An entry with an empty path (or `.`) sets the root's attributes.
+    /// An entry with an empty path (or `.`) sets the root's attributes. Paths and
+    /// link targets over the limits ([`crate::limits::check_entry`]) are refused,
+    /// so no tree is built that a reader would refuse.
     pub fn add(&mut self, e: &Entry, layer: u32) -> Result<()> {
+        crate::limits::check_entry(e)?;
         self.0.apply_entry(e, layer)
     }
 

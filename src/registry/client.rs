@@ -53,6 +53,7 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::oci::{self, Desc, ManifestKind, Platform, ResolvedImage};
 
 use super::RegistryOptions;
@@ -465,7 +466,7 @@ impl Client {
             #[serde(default)]
             expires_in: Option<u64>,
         }
-        let body = read_limited(resp, 1 << 20)?;
+        let body = read_limited(resp, 1 << 20, "the limit for a token response")?;
         let t: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
             Error::Network(format!(
                 "token server for registry {}: bad response: {e}",
@@ -650,18 +651,30 @@ impl Client {
     /// Fetches the manifest or index `reference` (tag or digest); returns its bytes
     /// and digest, verified against `reference` when that is a digest.
     pub fn manifest(&self, reference: &str) -> Result<(Vec<u8>, Digest)> {
+        self.manifest_limited(reference, (oci::MAX_METADATA_BLOB, METADATA_LIMIT))
+    }
+
+    /// [`manifest`](Self::manifest), reading at most `limit` bytes of it.
+    fn manifest_limited(&self, reference: &str, limit: (u64, &str)) -> Result<(Vec<u8>, Digest)> {
         let what = format!("manifest {reference}");
         self.on_sites(RequestKind::manifest(reference), &what, |site| {
-            self.manifest_at(site, reference, &what)
+            self.manifest_at(site, reference, &what, limit)
         })
     }
 
-    fn manifest_at(&self, site: &Site, reference: &str, what: &str) -> Result<(Vec<u8>, Digest)> {
+    fn manifest_at(
+        &self,
+        site: &Site,
+        reference: &str,
+        what: &str,
+        limit: (u64, &str),
+    ) -> Result<(Vec<u8>, Digest)> {
         let url = site.url("manifests", reference);
         self.get_small(
             site,
             || self.http.get(&url).header(header::ACCEPT, MANIFEST_ACCEPT),
             what,
+            limit,
             |body| {
                 let digest = Digest::of(&body);
                 if let Ok(expected) = Digest::parse(reference)
@@ -678,15 +691,17 @@ impl Client {
         )
     }
 
-    /// GETs a small response (manifest, config) whole and checks it with
-    /// `verify`. A body that breaks (a reset, a stall, cut short) is fetched
-    /// again, up to `attempts` times in all; one that fails `verify` with a digest
-    /// mismatch (corrupted in flight), up to `refetches` more times.
+    /// GETs a small response (manifest, config) whole, reading at most `limit.0`
+    /// bytes (`limit.1` says what the limit is), and checks it with `verify`. A
+    /// body that breaks (a reset, a stall, cut short) is fetched again, up to
+    /// `attempts` times in all; one that fails `verify` with a digest mismatch
+    /// (corrupted in flight), up to `refetches` more times.
     fn get_small<T>(
         &self,
         site: &Site,
         build: impl Fn() -> RequestBuilder,
         what: &str,
+        limit: (u64, &str),
         verify: impl Fn(Vec<u8>) -> Result<T>,
     ) -> Result<T> {
         let attempts = match site.mirror {
@@ -697,7 +712,7 @@ impl Client {
         let mut delay = Duration::from_millis(100);
         loop {
             let resp = self.check(site, self.send(site, &build, what)?, what)?;
-            let e = match read_limited(resp, oci::MAX_METADATA_BLOB) {
+            let e = match read_limited(resp, limit.0, limit.1) {
                 Ok(body) => match verify(body) {
                     Ok(v) => return Ok(v),
                     Err(e @ Error::DigestMismatch { .. }) if mismatched < self.opts.refetches => {
@@ -728,6 +743,7 @@ impl Client {
                 site,
                 || self.http.get(&url),
                 &what,
+                (desc.size, DESCRIPTOR_LIMIT),
                 |body| {
                     let actual = Digest::of(&body);
                     if body.len() as u64 != desc.size || actual != desc.digest {
@@ -747,12 +763,14 @@ impl Client {
     /// with its config.
     pub fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage> {
         let (mut bytes, mut digest) = self.manifest(reference)?;
-        for _ in 0..4 {
+        for _ in 0..=limits::MAX_INDEX_DEPTH {
             let what = format!("{} manifest {digest}", self.name());
             match oci::parse_manifest_or_index(&bytes, &what)? {
                 ManifestKind::Index(list) => {
-                    let d = oci::select_platform(&list, platform, &what)?.digest;
-                    (bytes, digest) = self.manifest(&d.to_string())?;
+                    let d = oci::select_platform(&list, platform, &what)?;
+                    oci::check_metadata_size(d)?;
+                    (bytes, digest) =
+                        self.manifest_limited(&d.digest.to_string(), (d.size, DESCRIPTOR_LIMIT))?;
                 }
                 ManifestKind::Manifest(m) => {
                     let cbytes = self.small_blob(&m.config)?;
@@ -762,10 +780,13 @@ impl Client {
                 }
             }
         }
-        Err(Error::format(format!(
-            "{}: image indexes nested too deeply",
-            self.name()
-        )))
+        Err(limits::exceeded(
+            format_args!("{} manifest {reference}", self.name()),
+            format_args!("at least {}", limits::MAX_INDEX_DEPTH + 1),
+            "nested indexes",
+            limits::MAX_INDEX_DEPTH,
+            "limits::MAX_INDEX_DEPTH",
+        ))
     }
 
     /// Sends a GET for `digest` from `offset` (to the end, or `len` bytes), returning
@@ -1044,7 +1065,23 @@ fn with_note(e: Error, note: &str) -> Error {
     }
 }
 
-fn read_limited(resp: Response, limit: u64) -> Result<Vec<u8>> {
+/// What [`read_limited`]'s limit is, for its error.
+const METADATA_LIMIT: &str = "limits::MAX_METADATA_BLOB";
+/// The same, when the limit is the size a descriptor claims.
+const DESCRIPTOR_LIMIT: &str = "the size its descriptor claims";
+
+/// Reads a response body of at most `limit` bytes (`why`: what the limit is),
+/// refusing a longer one without reading more than one byte past it (or at all,
+/// when `Content-Length` says so).
+fn read_limited(resp: Response, limit: u64, why: &str) -> Result<Vec<u8>> {
+    let too_long = |n: &dyn std::fmt::Display| {
+        Error::format(format!(
+            "registry response of {n} bytes, more than the limit of {limit} ({why})"
+        ))
+    };
+    if let Some(n) = resp.content_length().filter(|&n| n > limit) {
+        return Err(too_long(&n));
+    }
     let mut body = Vec::new();
     resp.take(limit + 1)
         .read_to_end(&mut body)
@@ -1053,9 +1090,7 @@ fn read_limited(resp: Response, limit: u64) -> Result<Vec<u8>> {
         .bytes
         .fetch_add(body.len() as u64, Ordering::Relaxed);
     if body.len() as u64 > limit {
-        return Err(Error::format(format!(
-            "registry response is larger than {limit} bytes"
-        )));
+        return Err(too_long(&format_args!("at least {}", body.len())));
     }
     Ok(body)
 }

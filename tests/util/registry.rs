@@ -549,6 +549,69 @@ impl TestRegistry {
             .to_string()
     }
 
+    /// Uploads `data` as a blob of `repo` over the distribution API (POST, then a
+    /// monolithic PUT), with the mode's credentials if Basic; returns its digest.
+    /// For inputs skopeo would refuse to copy (a descriptor that lies about a
+    /// size, manifests of any shape).
+    pub fn put_blob(&self, repo: &str, data: &[u8]) -> String {
+        let digest = super::sha256_digest(data);
+        let c = http_client();
+        let auth = |r: reqwest::blocking::RequestBuilder| match self.auth.credentials() {
+            Some((u, p)) => r.basic_auth(u, Some(p)),
+            None => r,
+        };
+        let resp = auth(c.post(format!("{}/v2/{repo}/blobs/uploads/", self.url())))
+            .send()
+            .expect("POST blob upload");
+        assert_eq!(
+            resp.status().as_u16(),
+            202,
+            "POST blob upload: {:?}",
+            resp.text()
+        );
+        let loc = resp.headers()["location"].to_str().unwrap().to_string();
+        let loc = if loc.starts_with('/') {
+            format!("{}{loc}", self.url())
+        } else {
+            loc
+        };
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let resp = auth(c.put(format!("{loc}{sep}digest={digest}")))
+            .header("content-type", "application/octet-stream")
+            .body(data.to_vec())
+            .send()
+            .expect("PUT blob");
+        assert_eq!(resp.status().as_u16(), 201, "PUT blob: {:?}", resp.text());
+        digest
+    }
+
+    /// PUTs `bytes` as the manifest (or index) `reference` of `repo` with
+    /// `media_type`, with the mode's credentials if Basic; returns its digest.
+    pub fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> String {
+        let mut req = http_client()
+            .put(format!("{}/v2/{repo}/manifests/{reference}", self.url()))
+            .header("content-type", media_type)
+            .body(bytes.to_vec());
+        if let Some((u, p)) = self.auth.credentials() {
+            req = req.basic_auth(u, Some(p));
+        }
+        let resp = req.send().expect("PUT manifest");
+        let status = resp.status().as_u16();
+        assert_eq!(
+            status,
+            201,
+            "PUT manifest {repo}:{reference}: {:?}",
+            resp.text()
+        );
+        super::sha256_digest(bytes)
+    }
+
     /// Runs `skopeo inspect --tls-verify=false [--raw] docker://HOST/REPO_AND_TAG`
     /// with `creds` (`user:password`) or none (`--no-creds`), and a nonexistent
     /// auth file so that nothing on the machine leaks in. Returns its output,
