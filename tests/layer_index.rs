@@ -351,13 +351,15 @@ fn reseal(a: &[u8], body: &[u8]) -> Vec<u8> {
     out
 }
 
-#[test]
-fn sealed_but_wrong_artifacts_are_errors_never_panics() {
-    let d = tmp("clip-lic-");
-    let layout = d.path().join("layout");
+/// Indexes [`three_layers`] under `dir` into a disk layer-index store; the first
+/// layer, its artifact key and the stored artifact.
+fn first_layer_artifact(
+    dir: &Path,
+) -> (Arc<DiskLayerIndexStore>, clip::oci::Layer, String, Vec<u8>) {
+    let layout = dir.join("layout");
     let info = three_layers(&layout);
-    let store = Arc::new(DiskLayerIndexStore::open(d.path().join("cache"), 0).unwrap());
-    let out = d.path().join("out.clip");
+    let store = Arc::new(DiskLayerIndexStore::open(dir.join("cache"), 0).unwrap());
+    let out = dir.join("out.clip");
     clip::create::index_layout(
         &layout,
         Some("v1"),
@@ -379,6 +381,13 @@ fn sealed_but_wrong_artifacts_are_errors_never_panics() {
     };
     let key = cache::key(&layer.desc.digest, SPAN);
     let a = store.get(&key).unwrap().unwrap();
+    (store, layer, key, a)
+}
+
+#[test]
+fn sealed_but_wrong_artifacts_are_errors_never_panics() {
+    let d = tmp("clip-lic-");
+    let (_store, layer, key, a) = first_layer_artifact(d.path());
     let body = zstd::bulk::decompress(&a[128..a.len() - 32], 1 << 26).unwrap();
     assert!(cache::decode(&reseal(&a, &body), &key, &layer, SPAN).is_ok());
     // Every truncation point, and every byte set to 0xff in turn: decoded or
@@ -403,31 +412,7 @@ fn sealed_but_wrong_artifacts_are_errors_never_panics() {
 #[test]
 fn artifacts_over_the_limits_are_refused_before_inflating() {
     let d = tmp("clip-lic-");
-    let layout = d.path().join("layout");
-    let info = three_layers(&layout);
-    let store = Arc::new(DiskLayerIndexStore::open(d.path().join("cache"), 0).unwrap());
-    let out = d.path().join("out.clip");
-    clip::create::index_layout(
-        &layout,
-        Some("v1"),
-        &out,
-        &options(Some(store.clone()), SPAN).0,
-    )
-    .unwrap();
-    let l = &info.layers[0];
-    let layer = clip::oci::Layer {
-        desc: clip::oci::Desc {
-            media_type: l.media_type.clone(),
-            digest: Digest::parse(&l.digest).unwrap(),
-            size: l.size,
-            platform: None,
-            annotations: Default::default(),
-        },
-        compression: clip::oci::Compression::None,
-        diff_id: Digest::parse(&l.diff_id).unwrap(),
-    };
-    let key = cache::key(&layer.desc.digest, SPAN);
-    let a = store.get(&key).unwrap().unwrap();
+    let (store, layer, key, a) = first_layer_artifact(d.path());
     // A body claiming 512 MiB from its few hundred stored bytes.
     let mut b = a.clone();
     b[104..112].copy_from_slice(&(512u64 << 20).to_le_bytes());
@@ -466,6 +451,7 @@ fn artifacts_over_the_limits_are_refused_before_inflating() {
     // Through a build: each is a miss, the layer indexed again.
     store.put(&key, &hostile).unwrap();
     let (o, log) = options(Some(store.clone()), SPAN);
+    let (layout, out) = (d.path().join("layout"), d.path().join("out.clip"));
     clip::create::index_layout(&layout, Some("v1"), &out, &o).unwrap();
     let mut got = sources(&log, Stage::Completed);
     got.sort();

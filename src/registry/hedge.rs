@@ -405,21 +405,18 @@ fn fetch(
         }
     };
     let mut at = start;
+    let broke = |why: String| {
+        let err = Error::Network(format!("{}: blob {digest}: {why}", client.name()));
+        let _ = tx.send(Msg::Failed {
+            id,
+            err,
+            fatal: false,
+        });
+    };
     while at < end && !cancel.load(Ordering::Relaxed) {
         let mut bytes = vec![0u8; CHUNK.min((end - at) as usize)];
         match resp.read(&mut bytes) {
-            Ok(0) => {
-                let err = Error::Network(format!(
-                    "{}: blob {digest}: connection closed at byte {at} of {end}",
-                    client.name()
-                ));
-                let _ = tx.send(Msg::Failed {
-                    id,
-                    err,
-                    fatal: false,
-                });
-                return;
-            }
+            Ok(0) => return broke(format!("connection closed at byte {at} of {end}")),
             Ok(n) => {
                 TRANSFER.bytes.fetch_add(n as u64, Ordering::Relaxed);
                 bytes.truncate(n);
@@ -429,18 +426,7 @@ fn fetch(
                 at += n as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                let err = Error::Network(format!(
-                    "{}: blob {digest}: reading at {at}: {e}",
-                    client.name()
-                ));
-                let _ = tx.send(Msg::Failed {
-                    id,
-                    err,
-                    fatal: false,
-                });
-                return;
-            }
+            Err(e) => return broke(format!("reading at {at}: {e}")),
         }
     }
 }
