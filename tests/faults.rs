@@ -906,13 +906,7 @@ fn a_mount_killed_mid_span_write_leaves_nothing_served_unverified() {
             None => std::thread::sleep(Duration::from_millis(20)),
         }
     };
-    let status = std::process::Command::new("pkill")
-        .arg("-KILL")
-        .arg("-f")
-        .arg(format!("clipctl mount {}", archive.display()))
-        .status()
-        .unwrap();
-    assert!(status.success(), "no mount process to kill");
+    sigkill_mount(&archive);
     let read = reader.join().unwrap();
     assert!(read.is_err(), "a read of the killed mount succeeded");
     std::mem::forget(m);

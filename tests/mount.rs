@@ -197,13 +197,7 @@ fn span_cache_survives_sigkill_and_detects_corruption() {
     }
     // SIGKILL the mount process mid-life: the mount goes stale (ENOTCONN) and is
     // left there, as a crashed worker leaves it.
-    let status = Command::new("pkill")
-        .arg("-KILL")
-        .arg("-f")
-        .arg(format!("clipctl mount {}", archive.display()))
-        .status()
-        .unwrap();
-    assert!(status.success(), "no mount process to kill");
+    sigkill_mount(&archive);
     let t = Instant::now();
     let stale = loop {
         match std::fs::read_dir(&m.dir) {

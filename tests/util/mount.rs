@@ -126,3 +126,15 @@ impl Drop for Mounted {
         }
     }
 }
+
+/// Kills the `clipctl mount` process of `archive` with SIGKILL, as a crashed
+/// worker dies: its mount point is left dead.
+pub fn sigkill_mount(archive: &Path) {
+    let status = std::process::Command::new("pkill")
+        .arg("-KILL")
+        .arg("-f")
+        .arg(format!("clipctl mount {}", archive.display()))
+        .status()
+        .unwrap();
+    assert!(status.success(), "no mount process to kill");
+}
