@@ -29,6 +29,9 @@ use crate::tree::{Kind, Tree};
 /// How long the kernel may cache entries and attributes: the image never changes.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 const BLOCK: u32 = 4096;
+/// Files whose sequential position is tracked at once (without opens nothing
+/// says when a reader is done with a file).
+const SEQ_MAX: usize = 1 << 16;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -38,6 +41,112 @@ pub use crate::trace::{ReadEvent, ReadObserver};
 struct Observer {
     f: ReadObserver,
     paths: std::collections::HashMap<u64, Box<[u8]>>,
+}
+
+/// The environment variable that turns kernel capabilities off, for tests and
+/// for a kernel that misbehaves with one: a comma-separated list of
+/// [`Capabilities`] names (`no_open,cache_dir`, say), or `all`.
+pub const DISABLE_ENV: &str = "CLIP_FUSE_DISABLE";
+
+/// The kernel capabilities a mount asks for, each on unless turned off through
+/// [`DISABLE_ENV`]. A kernel without one keeps working without it (each is asked
+/// for on its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `no_open`: `open` answers `ENOSYS` under `FUSE_NO_OPEN_SUPPORT`, so the
+    /// kernel stops sending `open`, `flush` and `release` (the tree never changes:
+    /// there is nothing to do per open file).
+    pub no_open: bool,
+    /// `no_opendir`: the same for directories (`FUSE_NO_OPENDIR_SUPPORT`).
+    pub no_opendir: bool,
+    /// `readdirplus`: listings carry attributes (`FUSE_DO_READDIRPLUS`,
+    /// `FUSE_READDIRPLUS_AUTO`), so `ls -l` costs no `lookup` per entry.
+    pub readdirplus: bool,
+    /// `cache_symlinks`: the kernel caches symlink targets (`FUSE_CACHE_SYMLINKS`).
+    pub cache_symlinks: bool,
+    /// `parallel_dirops`: lookups and listings of one directory run in parallel
+    /// (`FUSE_PARALLEL_DIROPS`).
+    pub parallel_dirops: bool,
+    /// `async_read`: reads are sent in parallel, read-ahead included
+    /// (`FUSE_ASYNC_READ`).
+    pub async_read: bool,
+    /// `keep_cache`: file pages stay cached across opens (`FOPEN_KEEP_CACHE`).
+    pub keep_cache: bool,
+    /// `cache_dir`: directory listings are cached by the kernel
+    /// (`FOPEN_CACHE_DIR`).
+    pub cache_dir: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Capabilities {
+        Capabilities {
+            no_open: true,
+            no_opendir: true,
+            readdirplus: true,
+            cache_symlinks: true,
+            parallel_dirops: true,
+            async_read: true,
+            keep_cache: true,
+            cache_dir: true,
+        }
+    }
+}
+
+impl Capabilities {
+    /// The names [`DISABLE_ENV`] takes.
+    pub const NAMES: [&'static str; 8] = [
+        "no_open",
+        "no_opendir",
+        "readdirplus",
+        "cache_symlinks",
+        "parallel_dirops",
+        "async_read",
+        "keep_cache",
+        "cache_dir",
+    ];
+
+    fn flag(&mut self, name: &str) -> Option<&mut bool> {
+        Some(match name {
+            "no_open" => &mut self.no_open,
+            "no_opendir" => &mut self.no_opendir,
+            "readdirplus" => &mut self.readdirplus,
+            "cache_symlinks" => &mut self.cache_symlinks,
+            "parallel_dirops" => &mut self.parallel_dirops,
+            "async_read" => &mut self.async_read,
+            "keep_cache" => &mut self.keep_cache,
+            "cache_dir" => &mut self.cache_dir,
+            _ => return None,
+        })
+    }
+
+    /// All on, less those `disable` names (comma-separated, or `all`). An unknown
+    /// name is an error naming it.
+    pub fn without(disable: &str) -> crate::Result<Capabilities> {
+        let mut c = Capabilities::default();
+        for name in disable.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "all" {
+                for n in Capabilities::NAMES {
+                    *c.flag(n).expect("a known name") = false;
+                }
+                continue;
+            }
+            match c.flag(name) {
+                Some(f) => *f = false,
+                None => {
+                    return Err(crate::Error::Invalid(format!(
+                        "{DISABLE_ENV}: unknown capability {name:?} (known: all, {})",
+                        Capabilities::NAMES.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// From [`DISABLE_ENV`] (all on when it is unset).
+    pub fn from_env() -> crate::Result<Capabilities> {
+        Capabilities::without(&std::env::var(DISABLE_ENV).unwrap_or_default())
+    }
 }
 
 /// The filesystem.
@@ -51,6 +160,11 @@ pub struct ClipFs {
     file_bytes: u64,
     /// Told of every read, if set.
     observer: Option<Arc<Observer>>,
+    /// What to ask the kernel for.
+    caps: Capabilities,
+    /// `open`/`opendir` answer `ENOSYS` (asked for and granted at `init`).
+    no_open: bool,
+    no_opendir: bool,
 }
 
 impl ClipFs {
@@ -88,7 +202,16 @@ impl ClipFs {
             next_fh: AtomicU64::new(1),
             seq: Arc::new(Mutex::new(HashMap::new())),
             observer: None,
+            caps: Capabilities::default(),
+            no_open: false,
+            no_opendir: false,
         }
+    }
+
+    /// Asks the kernel for `caps` only (default: all of them).
+    pub fn with_capabilities(mut self, caps: Capabilities) -> ClipFs {
+        self.caps = caps;
+        self
     }
 
     /// Tells `observer` of every read served from now on (the paths of all files
@@ -178,13 +301,44 @@ fn guard<R>(f: impl FnOnce() -> R) -> Option<R> {
 
 impl Filesystem for ClipFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.add_capabilities(
-            InitFlags::FUSE_DO_READDIRPLUS
-                | InitFlags::FUSE_READDIRPLUS_AUTO
-                | InitFlags::FUSE_PARALLEL_DIROPS
-                | InitFlags::FUSE_CACHE_SYMLINKS
-                | InitFlags::FUSE_ASYNC_READ,
-        );
+        let c = self.caps;
+        // One at a time: add_capabilities refuses a whole set if the kernel lacks
+        // one of it.
+        let mut granted = Vec::new();
+        for (on, name, flags) in [
+            (
+                c.readdirplus,
+                "readdirplus",
+                InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
+            ),
+            (
+                c.parallel_dirops,
+                "parallel_dirops",
+                InitFlags::FUSE_PARALLEL_DIROPS,
+            ),
+            (
+                c.cache_symlinks,
+                "cache_symlinks",
+                InitFlags::FUSE_CACHE_SYMLINKS,
+            ),
+            (c.async_read, "async_read", InitFlags::FUSE_ASYNC_READ),
+            (c.no_open, "no_open", InitFlags::FUSE_NO_OPEN_SUPPORT),
+            (
+                c.no_opendir,
+                "no_opendir",
+                InitFlags::FUSE_NO_OPENDIR_SUPPORT,
+            ),
+        ] {
+            if on && config.add_capabilities(flags).is_ok() {
+                granted.push(name);
+                match name {
+                    "no_open" => self.no_open = true,
+                    "no_opendir" => self.no_opendir = true,
+                    _ => {}
+                }
+            }
+        }
+        tracing::debug!(?granted, abi = ?config.kernel_abi(), "FUSE capabilities");
         let _ = config.set_max_readahead(1 << 20);
         // fuser sizes FUSE_MAX_PAGES from max(max_write, max_readahead): a large
         // max_write (we never write) lets the kernel send 1 MiB reads.
@@ -241,9 +395,17 @@ impl Filesystem for ClipFs {
         }
         match self.tree().inode(ino.0).map(|i| i.kind()) {
             Some(Kind::Dir) => reply.error(Errno::EISDIR),
+            // The kernel then opens every file without asking, with its page
+            // cache kept (FOPEN_KEEP_CACHE is its default for no-open).
+            Some(_) if self.no_open => reply.error(Errno::ENOSYS),
             Some(_) => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                let flags = if self.caps.keep_cache {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), flags);
             }
             None => reply.error(Errno::ENOENT),
         }
@@ -330,10 +492,21 @@ impl Filesystem for ClipFs {
                 });
             }
             // Sequential reader: fetch the span after this one in the background.
+            // Per open file; without opens (no-open: fh 0, no release) per
+            // inode, forgotten when read to its end.
+            let key = if fh.0 == 0 { ino.0 | 1 << 63 } else { fh.0 };
+            let next = offset + n as u64;
             let sequential = {
                 let mut s = seq.lock().expect("seq lock");
-                let was = s.get(&fh.0).copied() == Some(offset) || offset == 0;
-                s.insert(fh.0, offset + n as u64);
+                let was = s.get(&key).copied() == Some(offset) || offset == 0;
+                if fh.0 == 0 && next >= inode.size {
+                    s.remove(&key);
+                } else {
+                    if s.len() >= SEQ_MAX {
+                        s.clear();
+                    }
+                    s.insert(key, next);
+                }
                 was
             };
             if sequential && offset + (n as u64) < inode.size {
@@ -365,9 +538,16 @@ impl Filesystem for ClipFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.tree().inode(ino.0).map(|i| i.kind()) {
+            // Under no-opendir the kernel caches listings (FOPEN_CACHE_DIR is
+            // its default then).
+            Some(Kind::Dir) if self.no_opendir => reply.error(Errno::ENOSYS),
             Some(Kind::Dir) => reply.opened(
                 FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+                if self.caps.cache_dir {
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
+                } else {
+                    FopenFlags::empty()
+                },
             ),
             Some(_) => reply.error(Errno::ENOTDIR),
             None => reply.error(Errno::ENOENT),

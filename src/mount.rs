@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fs::{ClipFs, ReadObserver};
+use crate::fs::{Capabilities, ClipFs, ReadObserver};
 use crate::image::Image;
 use crate::store::{DEFAULT_MAX_BYTES, Store, StoreOptions, StoreStats};
 use crate::tier::Tier;
@@ -34,6 +34,9 @@ pub struct MountOptions {
     /// Told of every file read the mount serves (see [`ReadObserver`]); `None`
     /// costs nothing.
     pub read_observer: Option<ReadObserver>,
+    /// The kernel capabilities to ask for (`None`: all, less those
+    /// `$CLIP_FUSE_DISABLE` names; see [`crate::fs::Capabilities`]).
+    pub capabilities: Option<Capabilities>,
 }
 
 impl std::fmt::Debug for MountOptions {
@@ -50,6 +53,7 @@ impl std::fmt::Debug for MountOptions {
                 "read_observer",
                 &self.read_observer.as_ref().map(|_| "<fn>"),
             )
+            .field("capabilities", &self.capabilities)
             .finish()
     }
 }
@@ -65,6 +69,7 @@ impl Default for MountOptions {
             read_threads: 8,
             event_threads: 2,
             read_observer: None,
+            capabilities: None,
         }
     }
 }
@@ -114,7 +119,11 @@ impl Mount {
         std::fs::create_dir_all(mountpoint).ctx("creating mount point", mountpoint)?;
         let mountpoint = std::fs::canonicalize(mountpoint).ctx("resolving", mountpoint)?;
         let store = Store::with_options(Arc::new(image), &opts.cache_dir, opts.store_options())?;
-        let mut fs = ClipFs::new(store.clone(), opts.read_threads);
+        let caps = match opts.capabilities {
+            Some(c) => c,
+            None => Capabilities::from_env()?,
+        };
+        let mut fs = ClipFs::new(store.clone(), opts.read_threads).with_capabilities(caps);
         if let Some(o) = &opts.read_observer {
             fs = fs.with_read_observer(o.clone());
         }

@@ -6,6 +6,7 @@
 
 mod util;
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,42 @@ fn mounted_tricky_tree_equals_umoci() {
     // Read-only.
     assert!(std::fs::write(m.dir.join("new-file"), "x").is_err());
     m.unmount();
+}
+
+#[test]
+fn the_tricky_tree_is_the_same_with_each_kernel_capability_off() {
+    // Every capability on (the default), then each one off, then all off: the
+    // fallback paths of an older kernel stay tested.
+    let d = tmp("clip-caps-");
+    let layout = d.path().join("layout");
+    tricky_layout(&layout, "t");
+    let archive = d.path().join("t.clip");
+    index(&layout, "t", &archive);
+    let theirs = umoci_unpack(&layout, "t", &d.path().join("bundle"));
+    let mut settings = vec![""];
+    settings.extend(clip::fs::Capabilities::NAMES);
+    settings.push("all");
+    for off in settings {
+        let m = Mounted::with_env(
+            &archive,
+            &d.path().join(format!("mnt-{off}")),
+            &d.path().join("cache"),
+            &[OsStr::new("--layout"), layout.as_os_str()],
+            &[(clip::fs::DISABLE_ENV, off)],
+        );
+        // Twice: the second pass is served from what the kernel cached.
+        for pass in ["first", "second"] {
+            assert_same_tree(
+                &m.dir,
+                &theirs,
+                &DiffOptions::labelled(&format!("clip mount, {off:?} off, {pass} pass"), "umoci"),
+            );
+            let errs = check_tricky_tree(&m.dir);
+            assert!(errs.is_empty(), "{off:?} off: {}", errs.join("\n"));
+        }
+        assert!(std::fs::write(m.dir.join("new-file"), "x").is_err());
+        m.unmount();
+    }
 }
 
 /// An image with many files of various sizes across two gzip layers.
