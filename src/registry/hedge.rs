@@ -232,7 +232,22 @@ impl HedgedReader {
         );
         std::thread::Builder::new()
             .name("clip-range".into())
-            .spawn(move || fetch(id, &client, &digest, start, end, &tx, &stop))
+            .spawn(move || {
+                // A panicking request thread would leave the reader waiting on a
+                // channel it holds a sender of: report it as the read's error.
+                let run = || fetch(id, &client, &digest, start, end, &tx, &stop);
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err() {
+                    let err = Error::Network(format!(
+                        "{}: blob {digest}: the request thread panicked",
+                        client.name()
+                    ));
+                    let _ = tx.send(Msg::Failed {
+                        id,
+                        err,
+                        fatal: true,
+                    });
+                }
+            })
             .map_err(|e| io::Error::other(format!("cannot start a request thread: {e}")))?;
         self.requests.push(Request {
             id,
