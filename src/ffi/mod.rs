@@ -366,23 +366,35 @@ mod tests {
         );
     }
 
-    #[test]
-    fn older_mount_options() {
-        // A version-1 caller's struct, followed by bytes that are not its own.
-        let v1 = <clip_mount_options as Versioned>::SIZES[0];
-        let full = std::mem::size_of::<clip_mount_options>();
-        assert!(v1 < full);
-        let mut buf = vec![u64::from_ne_bytes([0xAA; 8]); full / 8 + 4];
-        let p = buf.as_mut_ptr().cast::<clip_mount_options>();
-        assert_eq!(clip_mount_options_init(p, 1), CLIP_OK);
+    /// Fills `buf` with bytes that are not the struct's, lets `init` write a
+    /// version-1 `T` at its start, and checks it wrote nothing past version 1.
+    fn init_v1<T: Versioned>(
+        buf: &mut [u64],
+        init: extern "C" fn(*mut T, c_uint) -> c_int,
+    ) -> *mut T {
+        let v1 = T::SIZES[0];
+        assert!(v1 < std::mem::size_of::<T>() && buf.len() * 8 >= std::mem::size_of::<T>());
+        buf.fill(u64::from_ne_bytes([0xAA; 8]));
+        let p = buf.as_mut_ptr().cast::<T>();
+        assert_eq!(init(p, 1), CLIP_OK);
         let bytes = buf
             .iter()
             .flat_map(|w| w.to_ne_bytes())
             .collect::<Vec<u8>>();
         assert!(
             bytes[v1..].iter().all(|&b| b == 0xAA),
-            "init wrote past version 1"
+            "{} init wrote past version 1",
+            T::NAME
         );
+        p
+    }
+
+    #[test]
+    fn older_mount_options() {
+        // A version-1 caller's struct, followed by bytes that are not its own.
+        let full = std::mem::size_of::<clip_mount_options>();
+        let mut buf = vec![0u64; full / 8 + 4];
+        let p = init_v1(&mut buf, clip_mount_options_init);
         let o = c_versioned(p.cast_const(), "opts").unwrap();
         assert_eq!(o.version, 1);
         assert!(o.s3.is_null() && o.data_archive.is_null());
@@ -411,20 +423,9 @@ mod tests {
         let d = RegistryOptions::default();
         // A version-1 caller's struct: init writes nothing past it, and the
         // version-2 fields read as their defaults.
-        let v1 = <clip_registry_options as Versioned>::SIZES[0];
         let full = std::mem::size_of::<clip_registry_options>();
-        assert!(v1 < full);
-        let mut buf = vec![u64::from_ne_bytes([0xAA; 8]); full / 8 + 4];
-        let p = buf.as_mut_ptr().cast::<clip_registry_options>();
-        assert_eq!(clip_registry_options_init(p, 1), CLIP_OK);
-        let bytes = buf
-            .iter()
-            .flat_map(|w| w.to_ne_bytes())
-            .collect::<Vec<u8>>();
-        assert!(
-            bytes[v1..].iter().all(|&b| b == 0xAA),
-            "init wrote past version 1"
-        );
+        let mut buf = vec![0u64; full / 8 + 4];
+        let p = init_v1(&mut buf, clip_registry_options_init);
         let r = registry_options(p.cast_const(), &stopped).unwrap();
         assert_eq!(r.stall_timeout, d.stall_timeout);
         assert_eq!(r.refetches, d.refetches);
