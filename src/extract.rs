@@ -75,7 +75,7 @@ pub fn extract(image: &Image, dest: &Path, opts: ExtractOptions) -> Result<Extra
     first_path.insert(ROOT_INO, dest.to_path_buf());
     while let Some((dir, dpath)) = stack.pop() {
         for d in tree.children(dir) {
-            let name = tree.name(d);
+            let name = tree.name(&d);
             if name.is_empty()
                 || name == b"."
                 || name == b".."
@@ -89,7 +89,7 @@ pub fn extract(image: &Image, dest: &Path, opts: ExtractOptions) -> Result<Extra
             }
             let path = dpath.join(OsStr::from_bytes(name));
             let ino = d.ino as u64;
-            let inode = *tree.inode(ino).expect("validated tree");
+            let inode = tree.inode(ino).expect("validated tree");
             if let Some(existing) = first_path.get(&ino) {
                 fs::hard_link(existing, &path).ctx("linking", &path)?;
                 continue;

@@ -289,8 +289,8 @@ fn dir_entries(
         0 => (off, ino, b".".as_slice()),
         1 => (off, dir.parent as u64, b"..".as_slice()),
         _ => {
-            let d = &ents[(off - 2) as usize];
-            (off, d.ino as u64, tree.name(d))
+            let d = ents.get((off - 2) as usize).expect("in range");
+            (off, d.ino as u64, tree.name(&d))
         }
     }))
 }
@@ -423,7 +423,7 @@ impl Filesystem for ClipFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(inode) = self.tree().inode(ino.0).copied() else {
+        let Some(inode) = self.tree().inode(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
         if inode.kind() != Kind::File {

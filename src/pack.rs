@@ -205,20 +205,22 @@ pub fn pack_image(
 /// the data stream and returns the tree with file inodes pointing into it.
 fn flatten_image(image: &Image, w: &mut DataWriter<'_>, cancel: &AtomicBool) -> Result<Tree> {
     let mut tree = image.tree().clone();
+    // Decoded once: every file inode is rewritten.
+    let mut inodes: Vec<crate::tree::Inode> = tree.inodes.iter().collect();
     // Per layer, the file inodes in stream order (hardlinks are one inode).
     let mut by_layer: Vec<Vec<usize>> = vec![Vec::new(); image.archive().layers.len()];
-    for (i, ino) in tree.inodes.iter().enumerate() {
+    for (i, ino) in inodes.iter().enumerate() {
         if ino.kind() == Kind::File && ino.size > 0 {
             by_layer[ino.b as usize].push(i);
         }
     }
     for (layer, files) in by_layer.iter_mut().enumerate() {
-        files.sort_by_key(|&i| tree.inodes[i].a);
+        files.sort_by_key(|&i| inodes[i].a);
         let Some(&last) = files.last() else { continue };
-        let end = tree.inodes[last].a + tree.inodes[last].size;
+        let end = inodes[last].a + inodes[last].size;
         let mut next = 0;
         let mut file = FileSink::default();
-        let inodes = &mut tree.inodes;
+        let inodes = &mut inodes;
         image.stream_layer(layer, end, &mut |pos, data| {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Canceled);
@@ -257,12 +259,13 @@ fn flatten_image(image: &Image, w: &mut DataWriter<'_>, cancel: &AtomicBool) -> 
             )));
         }
     }
-    for ino in tree.inodes.iter_mut() {
+    for ino in inodes.iter_mut() {
         if ino.kind() == Kind::File && ino.size == 0 {
             ino.a = 0;
             ino.b = 0;
         }
     }
+    tree.inodes = inodes.into();
     Ok(tree)
 }
 

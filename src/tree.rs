@@ -199,15 +199,243 @@ pub struct Xattr {
     pub value_len: u32,
 }
 
+/// A fixed-size record of one of the tree's tables, kept serialized: a tree read
+/// from an archive is used in place, each record decoded when it is looked at.
+pub trait Record: Copy {
+    /// Bytes per record.
+    const SIZE: usize;
+    /// Decodes one record from its `SIZE` bytes.
+    fn decode(r: &[u8]) -> Self;
+    /// Appends the serialized record to `out`.
+    fn encode(&self, out: &mut Vec<u8>);
+}
+
+impl Record for Inode {
+    const SIZE: usize = INODE_SIZE;
+    fn decode(r: &[u8]) -> Inode {
+        Inode::decode(r)
+    }
+    fn encode(&self, out: &mut Vec<u8>) {
+        Inode::encode(self, out)
+    }
+}
+
+impl Record for Dirent {
+    const SIZE: usize = DIRENT_SIZE;
+    fn decode(r: &[u8]) -> Dirent {
+        Dirent {
+            name_off: u32_le(r, 0),
+            name_len: u32_le(r, 4),
+            ino: u32_le(r, 8),
+        }
+    }
+    fn encode(&self, out: &mut Vec<u8>) {
+        for v in [self.name_off, self.name_len, self.ino] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+impl Record for Xattr {
+    const SIZE: usize = XATTR_SIZE;
+    fn decode(r: &[u8]) -> Xattr {
+        Xattr {
+            name_off: u32_le(r, 0),
+            name_len: u32_le(r, 4),
+            value_off: u32_le(r, 8),
+            value_len: u32_le(r, 12),
+        }
+    }
+    fn encode(&self, out: &mut Vec<u8>) {
+        for v in [self.name_off, self.name_len, self.value_off, self.value_len] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+/// A table of records in their serialized form (the archive's own bytes), so
+/// that reading a tree costs no second copy and no decoding pass.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Records<T> {
+    bytes: Vec<u8>,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T> Default for Records<T> {
+    fn default() -> Records<T> {
+        Records {
+            bytes: Vec::new(),
+            _t: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: Record + std::fmt::Debug> std::fmt::Debug for Records<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<T: Record> FromIterator<T> for Records<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Records<T> {
+        let mut r = Records::default();
+        for x in iter {
+            r.push(x);
+        }
+        r
+    }
+}
+
+impl<T: Record> From<Vec<T>> for Records<T> {
+    fn from(v: Vec<T>) -> Records<T> {
+        v.into_iter().collect()
+    }
+}
+
+impl<T: Record> Records<T> {
+    /// The table whose serialized form is `bytes` (a whole number of records).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Records<T>> {
+        if bytes.len() % T::SIZE != 0 {
+            return Err(Error::format(
+                "archive tree: table sizes are not whole records",
+            ));
+        }
+        Ok(Records {
+            bytes,
+            _t: std::marker::PhantomData,
+        })
+    }
+
+    /// The serialized form.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / T::SIZE
+    }
+
+    /// No records.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Record `i`, if there is one.
+    pub fn get(&self, i: usize) -> Option<T> {
+        let s = i.checked_mul(T::SIZE)?;
+        self.bytes.get(s..s + T::SIZE).map(T::decode)
+    }
+
+    /// Record `i`; panics when out of range (a validated tree never is).
+    pub fn at(&self, i: usize) -> T {
+        self.get(i).expect("record in range")
+    }
+
+    /// Appends a record.
+    pub fn push(&mut self, r: T) {
+        r.encode(&mut self.bytes);
+    }
+
+    /// Changes record `i` with `f`; panics when out of range.
+    pub fn update(&mut self, i: usize, f: impl FnOnce(&mut T)) {
+        let mut r = self.at(i);
+        f(&mut r);
+        let mut b = Vec::with_capacity(T::SIZE);
+        r.encode(&mut b);
+        self.bytes[i * T::SIZE..(i + 1) * T::SIZE].copy_from_slice(&b);
+    }
+
+    /// The records `start..start + n`, if in range.
+    pub fn slice(&self, start: usize, n: usize) -> Option<Slice<'_, T>> {
+        let s = start.checked_mul(T::SIZE)?;
+        let e = n.checked_mul(T::SIZE)?.checked_add(s)?;
+        self.bytes.get(s..e).map(|bytes| Slice {
+            bytes,
+            _t: std::marker::PhantomData,
+        })
+    }
+
+    /// All records, decoded in turn.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = T> + '_ {
+        self.bytes.chunks_exact(T::SIZE).map(T::decode)
+    }
+}
+
+/// A run of records of a [`Records`] table (a directory's entries, say).
+#[derive(Clone, Copy)]
+pub struct Slice<'a, T> {
+    bytes: &'a [u8],
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<'a, T: Record + 'a> Slice<'a, T> {
+    /// The empty run.
+    pub fn empty() -> Slice<'a, T> {
+        Slice {
+            bytes: &[],
+            _t: std::marker::PhantomData,
+        }
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / T::SIZE
+    }
+
+    /// No records.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Record `i`, if there is one.
+    pub fn get(&self, i: usize) -> Option<T> {
+        let s = i.checked_mul(T::SIZE)?;
+        self.bytes.get(s..s + T::SIZE).map(T::decode)
+    }
+
+    /// The records, decoded in turn.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = T> + DoubleEndedIterator + 'a {
+        self.bytes.chunks_exact(T::SIZE).map(T::decode)
+    }
+
+    /// Binary search, as [`slice::binary_search_by`].
+    pub fn binary_search_by(
+        &self,
+        mut f: impl FnMut(&T) -> std::cmp::Ordering,
+    ) -> std::result::Result<usize, usize> {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match f(&self.get(mid).expect("in range")) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(mid),
+            }
+        }
+        Err(lo)
+    }
+}
+
+impl<'a, T: Record> IntoIterator for Slice<'a, T> {
+    type Item = T;
+    type IntoIter = std::iter::Map<std::slice::ChunksExact<'a, u8>, fn(&[u8]) -> T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.bytes
+            .chunks_exact(T::SIZE)
+            .map(T::decode as fn(&[u8]) -> T)
+    }
+}
+
 /// The merged file tree (see the module docs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tree {
-    /// Inodes; inode number `n` is `inodes[n - 1]`.
-    pub inodes: Vec<Inode>,
+    /// Inodes; inode number `n` is record `n - 1`.
+    pub inodes: Records<Inode>,
     /// Directory entries, each directory's contiguous and sorted by name.
-    pub dirents: Vec<Dirent>,
+    pub dirents: Records<Dirent>,
     /// Extended attributes, each inode's contiguous and sorted by name.
-    pub xattrs: Vec<Xattr>,
+    pub xattrs: Records<Xattr>,
     /// Names, symlink targets, xattr names and values.
     pub strings: Vec<u8>,
 }
@@ -218,7 +446,7 @@ fn u32_le(r: &[u8], o: usize) -> u32 {
 
 impl Tree {
     /// The inode `ino`, if it exists.
-    pub fn inode(&self, ino: u64) -> Option<&Inode> {
+    pub fn inode(&self, ino: u64) -> Option<Inode> {
         usize::try_from(ino)
             .ok()?
             .checked_sub(1)
@@ -233,13 +461,13 @@ impl Tree {
     }
 
     /// The entries of directory `ino` (empty for non-directories).
-    pub fn children(&self, ino: u64) -> &[Dirent] {
+    pub fn children(&self, ino: u64) -> Slice<'_, Dirent> {
         match self.inode(ino) {
-            Some(i) if i.kind() == Kind::Dir => {
-                let s = i.a as usize;
-                self.dirents.get(s..s + i.b as usize).unwrap_or(&[])
-            }
-            _ => &[],
+            Some(i) if i.kind() == Kind::Dir => self
+                .dirents
+                .slice(i.a as usize, i.b as usize)
+                .unwrap_or_else(Slice::empty),
+            _ => Slice::empty(),
         }
     }
 
@@ -253,7 +481,8 @@ impl Tree {
         let ents = self.children(dir);
         ents.binary_search_by(|d| self.name(d).cmp(name))
             .ok()
-            .map(|i| ents[i].ino as u64)
+            .and_then(|i| ents.get(i))
+            .map(|d| d.ino as u64)
     }
 
     /// Resolves a `/`-separated path from the root without following symlinks.
@@ -281,18 +510,19 @@ impl Tree {
         let Some(i) = self.inode(ino) else {
             return Vec::new();
         };
-        let s = i.xattr_start as usize;
         self.xattrs
-            .get(s..s + i.xattr_count as usize)
-            .unwrap_or(&[])
-            .iter()
-            .map(|x| {
-                (
-                    self.string(x.name_off as u64, x.name_len as u64),
-                    self.string(x.value_off as u64, x.value_len as u64),
-                )
+            .slice(i.xattr_start as usize, i.xattr_count as usize)
+            .map(|s| {
+                s.iter()
+                    .map(|x| {
+                        (
+                            self.string(x.name_off as u64, x.name_len as u64),
+                            self.string(x.value_off as u64, x.value_len as u64),
+                        )
+                    })
+                    .collect()
             })
-            .collect()
+            .unwrap_or_default()
     }
 
     /// The path (`/a/b`) of every regular file, by inode number; a file with several
@@ -303,7 +533,8 @@ impl Tree {
         let mut seen = vec![false; self.inodes.len() + 1];
         seen[ROOT_INO as usize] = true;
         // (directory's entries, next entry, length of the directory's path in `path`)
-        let mut stack: Vec<(&[Dirent], usize, usize)> = vec![(self.children(ROOT_INO), 0, 0)];
+        let mut stack: Vec<(Slice<'_, Dirent>, usize, usize)> =
+            vec![(self.children(ROOT_INO), 0, 0)];
         let mut path: Vec<u8> = Vec::new();
         while let Some(top) = stack.last_mut() {
             let (ents, next, len) = (top.0, top.1, top.2);
@@ -314,7 +545,7 @@ impl Tree {
             top.1 += 1;
             path.truncate(len);
             path.push(b'/');
-            path.extend_from_slice(self.name(d));
+            path.extend_from_slice(self.name(&d));
             let ino = d.ino as u64;
             match self.inode(ino).map(|i| i.kind()) {
                 Some(Kind::Dir) if !std::mem::replace(&mut seen[ino as usize], true) => {
@@ -332,77 +563,40 @@ impl Tree {
 
     /// Serializes the inode table.
     pub fn encode_inodes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.inodes.len() * INODE_SIZE);
-        for i in &self.inodes {
-            i.encode(&mut out);
-        }
-        out
+        self.inodes.as_bytes().to_vec()
     }
 
     /// Serializes the dirent table.
     pub fn encode_dirents(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.dirents.len() * DIRENT_SIZE);
-        for d in &self.dirents {
-            out.extend_from_slice(&d.name_off.to_le_bytes());
-            out.extend_from_slice(&d.name_len.to_le_bytes());
-            out.extend_from_slice(&d.ino.to_le_bytes());
-        }
-        out
+        self.dirents.as_bytes().to_vec()
     }
 
     /// Serializes the xattr table.
     pub fn encode_xattrs(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.xattrs.len() * XATTR_SIZE);
-        for x in &self.xattrs {
-            for v in [x.name_off, x.name_len, x.value_off, x.value_len] {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        out
+        self.xattrs.as_bytes().to_vec()
     }
 
-    /// Rebuilds a tree from its serialized tables and validates it completely, so
-    /// that no later access can go out of range. `layers` is the number of data
-    /// sources file inodes may name.
+    /// The tree whose serialized tables these are, used in place (no copy), after
+    /// validating it completely, so that no later access can go out of range.
+    /// `layers` is the number of data sources file inodes may name.
     pub fn decode(
-        inodes: &[u8],
-        dirents: &[u8],
-        xattrs: &[u8],
+        inodes: Vec<u8>,
+        dirents: Vec<u8>,
+        xattrs: Vec<u8>,
         strings: Vec<u8>,
         layers: u32,
     ) -> Result<Tree> {
         let bad = |m: String| Err(Error::format(format!("archive tree: {m}")));
-        if inodes.len() % INODE_SIZE != 0
-            || dirents.len() % DIRENT_SIZE != 0
-            || xattrs.len() % XATTR_SIZE != 0
-        {
-            return bad("table sizes are not whole records".into());
-        }
         let tree = Tree {
-            inodes: inodes.chunks_exact(INODE_SIZE).map(Inode::decode).collect(),
-            dirents: dirents
-                .chunks_exact(DIRENT_SIZE)
-                .map(|r| Dirent {
-                    name_off: u32_le(r, 0),
-                    name_len: u32_le(r, 4),
-                    ino: u32_le(r, 8),
-                })
-                .collect(),
-            xattrs: xattrs
-                .chunks_exact(XATTR_SIZE)
-                .map(|r| Xattr {
-                    name_off: u32_le(r, 0),
-                    name_len: u32_le(r, 4),
-                    value_off: u32_le(r, 8),
-                    value_len: u32_le(r, 12),
-                })
-                .collect(),
+            inodes: Records::from_bytes(inodes)?,
+            dirents: Records::from_bytes(dirents)?,
+            xattrs: Records::from_bytes(xattrs)?,
             strings,
         };
         let n = tree.inodes.len() as u64;
         let slen = tree.strings.len() as u64;
         let in_strings = |off: u64, len: u64| off.checked_add(len).is_some_and(|e| e <= slen);
-        if n == 0 || tree.inodes[0].kind() != Kind::Dir {
+        if tree.inodes.get(0).is_none_or(|r| r.kind() != Kind::Dir) {
             return bad("no root directory".into());
         }
         for (idx, i) in tree.inodes.iter().enumerate() {
@@ -431,7 +625,7 @@ impl Tree {
                 ));
             }
         }
-        for d in &tree.dirents {
+        for d in tree.dirents.iter() {
             if d.ino == 0
                 || d.ino as u64 > n
                 || d.ino == 1
@@ -440,7 +634,7 @@ impl Tree {
                 return bad("directory entry out of range".into());
             }
         }
-        for x in &tree.xattrs {
+        for x in tree.xattrs.iter() {
             if !in_strings(x.name_off as u64, x.name_len as u64)
                 || !in_strings(x.value_off as u64, x.value_len as u64)
             {
@@ -449,11 +643,18 @@ impl Tree {
         }
         // Names within each directory must be sorted and unique (lookups bisect).
         for i in tree.inodes.iter().filter(|i| i.kind() == Kind::Dir) {
-            let ents = &tree.dirents[i.a as usize..(i.a + i.b as u64) as usize];
-            if ents
-                .windows(2)
-                .any(|w| tree.name(&w[0]) >= tree.name(&w[1]))
-            {
+            let ents = tree
+                .dirents
+                .slice(i.a as usize, i.b as usize)
+                .expect("checked above");
+            let mut names = ents.iter().map(|d| tree.name(&d));
+            let mut prev = names.next();
+            let sorted = names.all(|n| {
+                let ok = prev.is_some_and(|p| p < n);
+                prev = Some(n);
+                ok
+            });
+            if !sorted {
                 return bad("directory entries not sorted".into());
             }
         }
@@ -483,7 +684,7 @@ impl Tree {
         let mut queue = std::collections::VecDeque::from([(ROOT_INO, 0usize, 0usize)]);
         while let Some((dir, len, depth)) = queue.pop_front() {
             for d in self.children(dir) {
-                let name = self.name(d);
+                let name = self.name(&d);
                 let (len, depth) = (len + 1 + name.len(), depth + 1);
                 let what = || {
                     let shown = limits::show_path(&[b"/".as_slice(), name].concat());
@@ -550,14 +751,14 @@ mod tests {
             })
             .collect();
         let t = Tree {
-            inodes,
-            dirents,
+            inodes: inodes.into(),
+            dirents: dirents.into(),
             ..Default::default()
         };
         Tree::decode(
-            &t.encode_inodes(),
-            &t.encode_dirents(),
-            &[],
+            t.encode_inodes(),
+            t.encode_dirents(),
+            Vec::new(),
             name.to_vec(),
             0,
         )
@@ -589,18 +790,20 @@ mod tests {
                     size: 5000,
                     ..Default::default()
                 },
-            ],
+            ]
+            .into(),
             dirents: vec![Dirent {
                 name_off: 0,
                 name_len: 1,
                 ino: 2,
-            }],
+            }]
+            .into(),
             ..Default::default()
         };
         let e = Tree::decode(
-            &t.encode_inodes(),
-            &t.encode_dirents(),
-            &[],
+            t.encode_inodes(),
+            t.encode_dirents(),
+            Vec::new(),
             vec![b'x'; 5000],
             0,
         )
@@ -613,18 +816,55 @@ mod tests {
     }
 
     #[test]
+    fn records_are_used_in_place_and_round_trip() {
+        let a = Dirent {
+            name_off: 1,
+            name_len: 2,
+            ino: 3,
+        };
+        let b = Dirent {
+            name_off: 4,
+            name_len: 5,
+            ino: 6,
+        };
+        let mut r: Records<Dirent> = vec![a, b].into();
+        assert_eq!(
+            (r.len(), r.get(0), r.get(1), r.get(2)),
+            (2, Some(a), Some(b), None)
+        );
+        r.update(1, |d| d.ino = 9);
+        assert_eq!(r.at(1).ino, 9);
+        let bytes = r.as_bytes().to_vec();
+        assert_eq!(bytes.len(), 2 * DIRENT_SIZE);
+        let back = Records::<Dirent>::from_bytes(bytes).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(
+            back.slice(1, 1).unwrap().iter().collect::<Vec<_>>(),
+            [r.at(1)]
+        );
+        assert!(back.slice(1, 2).is_none());
+        assert!(back.slice(usize::MAX, 2).is_none());
+        assert!(Records::<Dirent>::from_bytes(vec![0; DIRENT_SIZE + 1]).is_err());
+        let s = back.slice(0, 2).unwrap();
+        assert_eq!(s.binary_search_by(|d| d.name_off.cmp(&4)), Ok(1));
+        assert_eq!(s.binary_search_by(|d| d.name_off.cmp(&2)), Err(1));
+        assert_eq!(s.binary_search_by(|d| d.name_off.cmp(&0)), Err(0));
+    }
+
+    #[test]
     fn decode_rejects_out_of_range_directories_without_panicking() {
         let ok = Tree {
-            inodes: vec![dir(0, 0)],
+            inodes: vec![dir(0, 0)].into(),
             ..Default::default()
         };
-        assert!(Tree::decode(&ok.encode_inodes(), &[], &[], Vec::new(), 0).is_ok());
+        assert!(Tree::decode(ok.encode_inodes(), Vec::new(), Vec::new(), Vec::new(), 0).is_ok());
         for (a, b) in [(u64::MAX, 1), (u64::MAX - 1, u32::MAX), (0, 1)] {
             let bad = Tree {
-                inodes: vec![dir(a, b)],
+                inodes: vec![dir(a, b)].into(),
                 ..Default::default()
             };
-            let e = Tree::decode(&bad.encode_inodes(), &[], &[], Vec::new(), 0).unwrap_err();
+            let e = Tree::decode(bad.encode_inodes(), Vec::new(), Vec::new(), Vec::new(), 0)
+                .unwrap_err();
             assert!(e.to_string().contains("out of range"), "{e}");
         }
     }

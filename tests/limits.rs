@@ -527,7 +527,7 @@ fn archive_trees_and_layers_over_the_limits_are_refused() {
                     ino: k as u32 + 2,
                 })
                 .collect(),
-            xattrs: Vec::new(),
+            xattrs: Default::default(),
             strings: name.to_vec(),
         };
         clip::archive::write(&a, path).unwrap();

@@ -66,7 +66,7 @@ fn walk(a: &clip::archive::Archive) {
         let _ = t.symlink_target(ino);
         let _ = t.xattrs_of(ino);
         for d in t.children(ino) {
-            let name = t.name(d);
+            let name = t.name(&d);
             assert_eq!(
                 t.lookup(ino, name),
                 Some(d.ino as u64),

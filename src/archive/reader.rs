@@ -309,7 +309,7 @@ fn parse_from(src: &(impl Bytes + ?Sized)) -> Result<Archive> {
     let dirents = take(SectionId::Dirents)?;
     let xattrs = take(SectionId::Xattrs)?;
     let strings = take(SectionId::Strings)?;
-    let tree = Tree::decode(&inodes, &dirents, &xattrs, strings, layers.len() as u32)?;
+    let tree = Tree::decode(inodes, dirents, xattrs, strings, layers.len() as u32)?;
     // Every file must lie inside its layer.
     for (i, ino) in tree.inodes.iter().enumerate() {
         if ino.kind() == crate::tree::Kind::File {

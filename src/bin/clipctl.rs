@@ -1168,7 +1168,7 @@ fn ls(tree: &Tree, ino: u64, path: &str, recursive: bool, out: &mut dyn Write) -
     writeln!(out, "{path}:")?;
     let mut subdirs = Vec::new();
     for d in tree.children(ino) {
-        let name = String::from_utf8_lossy(tree.name(d)).into_owned();
+        let name = String::from_utf8_lossy(tree.name(&d)).into_owned();
         ls_line(tree, d.ino as u64, &name, out)?;
         if recursive
             && tree

@@ -350,14 +350,17 @@ impl Builder {
                     ino: ino_of[child],
                 });
             }
-            let inode = &mut tree.inodes[dino as usize - 1];
-            inode.a = start;
-            inode.b = (tree.dirents.len() as u64 - start) as u32;
-            inode.nlink = 2 + subdirs;
+            let n = (tree.dirents.len() as u64 - start) as u32;
+            tree.inodes.update(dino as usize - 1, |inode| {
+                inode.a = start;
+                inode.b = n;
+                inode.nlink = 2 + subdirs;
+            });
         }
         for (id, &ino) in ino_of.iter().enumerate() {
             if ino != 0 && !matches!(self.nodes[id].kind, NodeKind::Dir(_)) {
-                tree.inodes[ino as usize - 1].nlink = links[id];
+                tree.inodes
+                    .update(ino as usize - 1, |i| i.nlink = links[id]);
             }
         }
         tree.strings = strings.bytes;
