@@ -209,7 +209,7 @@ fn parse_from(src: &(impl Bytes + ?Sized)) -> Result<Archive> {
             )));
         }
         let raw = if sflags & FLAG_ZSTD != 0 {
-            crate::codec::zstd::decompress_exact(&stored, raw_len)
+            crate::codec::zstd::decompress_exact_parallel(&stored, raw_len)
                 .map_err(|e| bad(format!("section {id}: {e}")))?
         } else {
             if stored_len != raw_len {

@@ -20,7 +20,7 @@ struct Section {
 fn section(id: SectionId, raw: Vec<u8>, compress: bool) -> Result<Section> {
     let raw_len = raw.len() as u64;
     if compress && raw.len() > 64 {
-        let z = zstd::bulk::compress(&raw, ZSTD_LEVEL)
+        let z = crate::codec::zstd::compress_frames(&raw, ZSTD_LEVEL)
             .map_err(|e| Error::format(format!("compressing: {e}")))?;
         return Ok(Section {
             id,
