@@ -437,12 +437,18 @@ impl Filesystem for ClipFs {
         let seq = self.seq.clone();
         let observer = self.observer.clone();
         let pid = req.pid();
-        let job: Job = Box::new(move || {
-            let started = observer.as_ref().map(|_| std::time::Instant::now());
-            let layer = inode.b as usize;
-            let start = inode.a + offset;
-            let mut buf = vec![0u8; n];
-            let result = store.read_layer(layer, start, &mut buf);
+        let layer = inode.b as usize;
+        let start = inode.a + offset;
+        let started = observer.as_ref().map(|_| std::time::Instant::now());
+        let mut buf = vec![0u8; n];
+        // Bytes in a span this store holds open are served here, at once; the rest
+        // (a fetch may take seconds) on a read thread, so `ls` elsewhere never waits.
+        let inline = self.store.read_layer_if_open(layer, start, &mut buf);
+        let serve = move |inline: Option<crate::trace::ReadInfo>, mut buf: Vec<u8>| {
+            let result = match inline {
+                Some(info) => Ok(info),
+                None => store.read_layer(layer, start, &mut buf),
+            };
             match &result {
                 Ok(_) => reply.data(&buf),
                 Err(e) => {
@@ -515,7 +521,11 @@ impl Filesystem for ClipFs {
                     store.prefetch(layer, k + 1);
                 }
             }
-        });
+        };
+        if inline.is_some() {
+            return serve(inline, buf);
+        }
+        let job: Job = Box::new(move || serve(None, buf));
         if let Err(e) = self.jobs.lock().expect("job queue").send(job) {
             // The pool is gone (shutting down): run the read here.
             (e.0)();

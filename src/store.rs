@@ -407,12 +407,49 @@ impl Store {
         Ok(info)
     }
 
-    /// Reads `dst.len()` bytes at `within` of span `k`.
-    fn read_span(&self, layer: usize, k: usize, within: u64, dst: &mut [u8]) -> Result<ReadInfo> {
-        let hash = self.image.archive().layers[layer].codec.spans[k].hash;
-        // A reader moving on to the next span of a layer is streaming in layer order
-        // (tar order is directory order): decode the span after it on another core.
-        // A lone cold read still inflates exactly one span.
+    /// [`Store::read_layer`] if every span the range touches is open already (a
+    /// verified cache file this store holds): the read then costs a `pread` of the
+    /// page cache and nothing can make it wait on a fetch, so a FUSE thread can
+    /// serve it at once instead of handing it to a read thread (two context
+    /// switches per read, most of a cold whole-tree read's cost after decoding).
+    /// `None` when a span is not open or its file cannot be read: take the usual
+    /// path.
+    pub fn read_layer_if_open(&self, layer: usize, off: u64, buf: &mut [u8]) -> Option<ReadInfo> {
+        let codec = &self.image.archive().layers.get(layer)?.codec;
+        let end = off.checked_add(buf.len() as u64)?;
+        if buf.is_empty() {
+            return None;
+        }
+        let (first, last) = (codec.span_at(off)?, codec.span_at(end - 1)?);
+        let files: Vec<SpanFile> = {
+            let open = self.open.lock().expect("open lock");
+            (first..=last)
+                .map(|k| open.get(&codec.spans[k].hash).cloned())
+                .collect::<Option<_>>()?
+        };
+        for (k, f) in (first..=last).zip(&files) {
+            let (s, e) = codec.span_range(k);
+            let (lo, hi) = (off.max(s), end.min(e));
+            f.read_exact_at(&mut buf[(lo - off) as usize..(hi - off) as usize], lo - s)
+                .ok()?;
+        }
+        for k in first..=last {
+            self.note_span(layer, k);
+        }
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_read
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Some(ReadInfo {
+            tier: trace::Tier::Memory,
+            fallback: false,
+        })
+    }
+
+    /// A reader moving on to the next span of a layer is streaming in layer order
+    /// (tar order is directory order): decode the span after it on another core.
+    /// A lone cold read still inflates exactly one span.
+    fn note_span(&self, layer: usize, k: usize) {
         let moved_on = {
             let mut last = self.last_span.lock().expect("last span lock");
             let prev = last.insert(layer, k);
@@ -421,6 +458,12 @@ impl Store {
         if moved_on {
             self.prefetch_next(layer, k);
         }
+    }
+
+    /// Reads `dst.len()` bytes at `within` of span `k`.
+    fn read_span(&self, layer: usize, k: usize, within: u64, dst: &mut [u8]) -> Result<ReadInfo> {
+        let hash = self.image.archive().layers[layer].codec.spans[k].hash;
+        self.note_span(layer, k);
         for _ in 0..3 {
             if let Some((f, tier)) = self.cached_file(layer, k, &hash)? {
                 if f.read_exact_at(dst, within).is_ok() {
@@ -497,13 +540,18 @@ impl Store {
             );
         }
         let file = Arc::new(file);
+        self.keep_open(hash, &file);
+        Ok(Some((file, trace::Tier::Memory)))
+            .map(|o| o.map(|(f, t)| (f, if verified { t } else { trace::Tier::Disk })))
+    }
+
+    /// Keeps the verified cache file of span `hash` open for the reads after.
+    fn keep_open(&self, hash: &[u8; 32], file: &SpanFile) {
         let mut open = self.open.lock().expect("open lock");
         if open.len() >= 512 {
             open.clear();
         }
         open.insert(*hash, file.clone());
-        Ok(Some((file, trace::Tier::Memory)))
-            .map(|o| o.map(|(f, t)| (f, if verified { t } else { trace::Tier::Disk })))
     }
 
     /// Fetches, decodes, verifies and caches span `k`; concurrent callers for the
@@ -541,6 +589,10 @@ impl Store {
             )),
             _ => self.fetch_to_file(layer, k, &hash),
         };
+        // Written and verified: the next reads of it are served from the open file.
+        if let Ok((Span::File(f), _)) = &r {
+            self.keep_open(&hash, f);
+        }
         *flight.done.lock().expect("flight lock") =
             Some(r.as_ref().map(Clone::clone).map_err(|e| e.to_string()));
         flight.cv.notify_all();

@@ -419,3 +419,44 @@ fn ls_shows_the_merged_tree() {
     let err = fails(clipctl().arg("ls").arg(&archive).arg("/no/such/dir"));
     assert!(err.contains("no such file"), "{err}");
 }
+
+#[test]
+fn a_read_within_open_spans_is_served_at_once_and_the_same() {
+    // The FUSE read path serves bytes of spans the store holds open on its own
+    // thread (no hand-off to a read thread); anything else takes the usual path.
+    let d = tmp("clip-open-");
+    let layout = d.path().join("layout");
+    tricky_layout(&layout, "t");
+    let archive = d.path().join("t.clip");
+    index(&layout, "t", &archive);
+    let img = clip::image::Image::open_with_layout(&archive, &layout).unwrap();
+    let store =
+        clip::store::Store::new(std::sync::Arc::new(img), &d.path().join("cache"), 0).unwrap();
+    let tree = store.image().tree();
+    let file = tree
+        .inodes
+        .iter()
+        .find(|i| i.kind() == clip::tree::Kind::File && i.size > 100)
+        .expect("a file");
+    let (layer, off, n) = (file.b as usize, file.a, file.size as usize);
+    let mut a = vec![0; n];
+    assert!(store.read_layer_if_open(layer, off, &mut a).is_none());
+    store.read_layer(layer, off, &mut a).unwrap();
+    let before = store.stats();
+    let mut b = vec![0; n];
+    let info = store
+        .read_layer_if_open(layer, off, &mut b)
+        .expect("the span is open now");
+    assert_eq!(a, b);
+    assert_eq!(info.tier, clip::trace::Tier::Memory);
+    let after = store.stats();
+    assert_eq!(after.reads, before.reads + 1);
+    assert_eq!(after.fetches, before.fetches);
+    // Out of the layer, or empty: the usual path says what is wrong.
+    let end = store.image().archive().layers[layer]
+        .codec
+        .uncompressed_size;
+    assert!(store.read_layer_if_open(layer, end, &mut b).is_none());
+    assert!(store.read_layer_if_open(layer, off, &mut []).is_none());
+    assert!(store.read_layer_if_open(99, off, &mut b).is_none());
+}
