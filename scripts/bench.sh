@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # make bench: builds a realistic image (scripts/bench-image.sh), then measures clip
 # against baselines taken in the same run on the same machine, prints a table and
-# writes BENCHMARKS.md; then scripts/bench-mount.sh, bench-registry.sh, bench-abi.sh
-# and bench-v1.sh add their sections.
+# writes BENCHMARKS.md; then scripts/bench-mount.sh, bench-registry.sh, bench-tier.sh,
+# bench-abi.sh, bench-v1.sh, bench-read.sh and bench-goclip.sh add their sections.
 # Times are the median of $RUNS runs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -122,6 +122,11 @@ RUNS=$RUNS "$root/scripts/bench-abi.sh"
 # made by bench-mount.sh) beside `tar -I 'zstd -T0'` of it, mount ready, cold reads
 # and a chunk-size curve; (re)writes the section "## v1 archives (issue 10)".
 RUNS=$RUNS "$root/scripts/bench-v1.sh"
+
+# Read path (issue 14): every row of the issue's table beside its baseline, on the
+# bench image and on a generated image of about 166,000 entries;
+# (re)writes the section "## Read path (issue 14)".
+RUNS=$RUNS "$root/scripts/bench-read.sh"
 
 # Archives of the Go clip (issue 12): mount ready and a cold python start for the Go
 # clip's v2 (indexed again) and v1 archives of the bench image beside ours;

@@ -2,10 +2,11 @@
 //!
 //! Metadata comes from the in-memory tree and never touches the network or the
 //! disk cache; the kernel is told to cache entries, attributes, symlinks and page
-//! contents for a long time (the image is immutable). File reads are handed to a
-//! pool of worker threads, so a slow fetch never holds up `ls` elsewhere, and a
-//! sequential reader triggers read-ahead of the next span. Panics in handlers are
-//! caught and answered with `EIO`.
+//! contents for a long time (the image is immutable). A file read whose bytes lie
+//! in spans the store holds open is served at once on the FUSE thread; any other
+//! is handed to a pool of worker threads, so a slow fetch never holds up `ls`
+//! elsewhere, and a sequential reader triggers read-ahead of the next span. Panics
+//! in handlers are caught and answered with `EIO`.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

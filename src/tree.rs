@@ -1,7 +1,9 @@
 //! The merged file tree of an image, in the compact form an archive stores and a
 //! mount serves: a flat inode table (inode number = index + 1, root = 1), the
 //! entries of each directory stored contiguously and sorted by name, one string
-//! table for names, symlink targets and xattrs, and an xattr table.
+//! table for names, symlink targets and xattrs, and an xattr table. The tables
+//! stay in their serialized form ([`Records`]), so a tree read from an archive is
+//! used in place: no second copy, no decoding pass before a mount is live.
 //!
 //! A decoded tree is validated whole, including [`limits::MAX_PATH_LEN`] and
 //! [`limits::MAX_PATH_DEPTH`] for every path from the root and symlink target.
