@@ -160,16 +160,12 @@ BR_RUNS=$RUNS BR_READY_RUNS=$READY_RUNS BR_LOAD=$load_at_start BR_TOTAL=$t_total
 BR_R_FILES=$(inodes "$clip") BR_S_FILES=$(inodes "$sclip") \
 BR_R_COMP=$(cat "${layers[@]}" | wc -c) BR_S_COMP=$(cat "${slayers[@]}" | wc -c) BR_R_LAYERS=${#layers[@]} \
 python3 - "$samples" "$work/read-results.json" "$root/BENCHMARKS.md" <<'PY'
-import json, os, statistics, subprocess, sys
+import json, os, subprocess, sys
 sys.path.insert(0, os.path.join(os.path.dirname(sys.argv[3]), "scripts"))
-from bench_md import write_section
+from bench_md import noisiest, read_samples, write_section
 samples, out, md_path = sys.argv[1:4]
 env = os.environ
-raw = {}
-for line in open(samples):
-    k, v = line.split()
-    raw.setdefault(k, []).append(float(v))
-med = {k: statistics.median(v) for k, v in raw.items()}
+raw, med = read_samples(samples)
 rf, sf = int(env["BR_R_FILES"]), int(env["BR_S_FILES"])
 json.dump(dict(median=med, samples=raw, files=dict(realistic=rf, scale=sf)), open(out, "w"), indent=1)
 mib = 1 << 20
@@ -216,10 +212,8 @@ notes = [
   "contenders. Mount ready: launch of `clipctl mount --daemon` to its return, binary and archive read just before.",
   "- Peak RSS: `/usr/bin/time %M` of `clipctl index-layout`; VmHWM of the mount daemon right after its cold find.",
 ]
-spread = sorted(((max(v)/min(v), k) for k, v in raw.items() if len(v) > 1 and min(v) > 0 and not k.endswith("_kb")), reverse=True)
-noisy = [f'{k} {min(raw[k]):.3g}-{max(raw[k]):.3g} s' for q, k in spread if q > 1.3]
-if noisy:
-    notes.append("- Noisiest this run (max/min over the runs > 1.3): " + "; ".join(noisy) + ".")
+if noisiest(raw):
+    notes.append(noisiest(raw))
 section = ["## Read path (issue 14)", "", head, "", *table, "", *notes, ""]
 print(head); print(); print("\n".join(table)); print(); print("\n".join(notes))
 write_section(md_path, section)

@@ -15,3 +15,25 @@ def write_section(md_path, section):
         nxt = after.find("\n## ")
         rest = after[nxt:] if nxt >= 0 else ""
     open(md_path, "w").write(before.rstrip("\n") + "\n\n" + "\n".join(section) + rest)
+
+
+def read_samples(path):
+    """The samples file of a bench script ("KEY VALUE" lines): (all values by key,
+    their medians by key)."""
+    import statistics
+    raw = {}
+    for line in open(path):
+        k, v = line.split()
+        raw.setdefault(k, []).append(float(v))
+    return raw, {k: statistics.median(v) for k, v in raw.items()}
+
+
+def noisiest(raw, skip=("_kb",), over=1.3):
+    """A note naming the timed keys whose max/min over the runs exceeds `over`
+    (keys ending in one of `skip` are not times), or None."""
+    spread = sorted(((max(v) / min(v), k) for k, v in raw.items()
+                     if len(v) > 1 and min(v) > 0 and not k.endswith(tuple(skip))), reverse=True)
+    noisy = [f"{k} {min(raw[k]):.3g}-{max(raw[k]):.3g} s" for q, k in spread if q > over]
+    if not noisy:
+        return None
+    return f"- Noisiest this run (max/min over the runs > {over}): " + "; ".join(noisy) + "."

@@ -313,9 +313,17 @@ impl<T: Record> Records<T> {
         &self.bytes
     }
 
+    /// All records, as a run.
+    pub fn all(&self) -> Slice<'_, T> {
+        Slice {
+            bytes: &self.bytes,
+            _t: std::marker::PhantomData,
+        }
+    }
+
     /// Number of records.
     pub fn len(&self) -> usize {
-        self.bytes.len() / T::SIZE
+        self.all().len()
     }
 
     /// No records.
@@ -325,8 +333,7 @@ impl<T: Record> Records<T> {
 
     /// Record `i`, if there is one.
     pub fn get(&self, i: usize) -> Option<T> {
-        let s = i.checked_mul(T::SIZE)?;
-        self.bytes.get(s..s + T::SIZE).map(T::decode)
+        self.all().get(i)
     }
 
     /// Record `i`; panics when out of range (a validated tree never is).
@@ -360,7 +367,7 @@ impl<T: Record> Records<T> {
 
     /// All records, decoded in turn.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = T> + '_ {
-        self.bytes.chunks_exact(T::SIZE).map(T::decode)
+        self.all().into_iter()
     }
 }
 
