@@ -350,9 +350,12 @@ impl<T: Record> Records<T> {
     pub fn update(&mut self, i: usize, f: impl FnOnce(&mut T)) {
         let mut r = self.at(i);
         f(&mut r);
-        let mut b = Vec::with_capacity(T::SIZE);
-        r.encode(&mut b);
-        self.bytes[i * T::SIZE..(i + 1) * T::SIZE].copy_from_slice(&b);
+        // Encoded past the end, then moved into place: no allocation per record
+        // (an index updates one per directory and per file).
+        let n = self.bytes.len();
+        r.encode(&mut self.bytes);
+        self.bytes.copy_within(n.., i * T::SIZE);
+        self.bytes.truncate(n);
     }
 
     /// The records `start..start + n`, if in range.

@@ -44,19 +44,28 @@ pub(crate) fn compress_frames(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>
         .map_or(2, |p| p.get())
         .min(chunks.len());
     let per = chunks.len().div_ceil(threads);
+    let compress = |group: &[&[u8]]| -> std::io::Result<Vec<Vec<u8>>> {
+        let mut c = ::zstd::bulk::Compressor::new(level)?;
+        group.iter().map(|g| c.compress(g)).collect()
+    };
+    // A thread that cannot be started, or that panicked, leaves its share to this
+    // one: the frames are the same whichever thread compresses them.
     let parts: Vec<std::io::Result<Vec<Vec<u8>>>> = std::thread::scope(|s| {
         let handles: Vec<_> = chunks
             .chunks(per)
             .map(|group| {
-                s.spawn(move || {
-                    let mut c = ::zstd::bulk::Compressor::new(level)?;
-                    group.iter().map(|g| c.compress(g)).collect()
-                })
+                (
+                    group,
+                    std::thread::Builder::new().spawn_scoped(s, move || compress(group)),
+                )
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().expect("a compression thread panicked"))
+            .map(|(group, h)| match h.map(|h| h.join()) {
+                Ok(Ok(r)) => r,
+                _ => compress(group),
+            })
             .collect()
     });
     let mut out = Vec::new();
@@ -118,11 +127,14 @@ pub(crate) fn decompress_exact_parallel(stored: &[u8], len: u64) -> std::io::Res
         rest = tail;
         groups.push((group, dst));
     }
-    std::thread::scope(|s| {
+    // A thread that cannot be started or panicked, or a frame that does not
+    // decode: the sequential path decodes again and says what is wrong, if
+    // anything is (a resource failure then costs a second decode, not an error).
+    let decoded = std::thread::scope(|s| {
         let handles: Vec<_> = groups
             .into_iter()
             .map(|(group, dst)| {
-                s.spawn(move || -> std::io::Result<()> {
+                std::thread::Builder::new().spawn_scoped(s, move || -> std::io::Result<()> {
                     let mut d = ::zstd::bulk::Decompressor::new()?;
                     let mut at = 0;
                     for (frame, size) in group {
@@ -141,8 +153,11 @@ pub(crate) fn decompress_exact_parallel(stored: &[u8], len: u64) -> std::io::Res
             .collect();
         handles
             .into_iter()
-            .try_for_each(|h| h.join().expect("a decompression thread panicked"))
-    })?;
+            .all(|h| h.is_ok_and(|h| matches!(h.join(), Ok(Ok(())))))
+    });
+    if !decoded {
+        return decompress_exact(stored, len);
+    }
     Ok(out)
 }
 
