@@ -121,14 +121,15 @@
 
 /**
  * Current version of `clip_mount_options` (2 added `s3` and `data_archive`, 3 the
- * content tier and the free-space floor).
+ * content tier and the free-space floor, 4 the startup profile).
  */
-#define CLIP_MOUNT_OPTIONS_VERSION 3
+#define CLIP_MOUNT_OPTIONS_VERSION 4
 
 /**
- * Current version of `clip_stats` (2 added the content-tier counters).
+ * Current version of `clip_stats` (2 added the content-tier counters, 3 the
+ * startup profile's replay).
  */
-#define CLIP_STATS_VERSION 2
+#define CLIP_STATS_VERSION 3
 
 /**
  * Current version of `clip_pack_options`.
@@ -907,6 +908,29 @@ typedef struct clip_mount_options {
    * had to fetch from the layer source).
    */
   int content_cache_read_only;
+  /**
+   * Version 4. A startup profile file (from `clip_mount_write_profile` or
+   * `clipctl mount --record`) to replay at mount instead of the archive's
+   * embedded one: its spans are fetched in parallel ahead of the workload.
+   * NULL for the embedded profile, if any. A file that cannot be read, is not
+   * a profile, or names other layers is ignored with a warning (logged): the
+   * mount works as without one. Read during the call only.
+   */
+  const char *prefetch_profile;
+  /**
+   * Version 4. Non-zero to replay no startup profile, embedded or given.
+   */
+  int no_prefetch;
+  /**
+   * Version 4. Spans a profile's replay fetches at once; 0 for the default
+   * (8).
+   */
+  unsigned int prefetch_threads;
+  /**
+   * Version 4. Non-zero to record which spans reads touch, in order, for
+   * `clip_mount_write_profile`.
+   */
+  int record_profile;
 } clip_mount_options;
 
 /**
@@ -989,6 +1013,16 @@ typedef struct clip_stats {
    * below its free-space floor).
    */
   uint64_t uncached;
+  /**
+   * Version 3. Spans the startup profile's replay fetched ahead of the
+   * workload.
+   */
+  uint64_t replayed;
+  /**
+   * Version 3. Spans of the replay not yet handled (0 when it is done or
+   * none runs).
+   */
+  uint64_t replay_left;
 } clip_stats;
 
 /**
@@ -1489,6 +1523,19 @@ int clip_mount_unmount(const struct clip_mount *mount);
  * Thread-safety: any thread, at any time before `clip_mount_free`.
  */
 int clip_mount_stats(struct clip_stats *out, const struct clip_mount *mount);
+
+/**
+ * Writes the startup profile recorded so far (the mount was made with
+ * `record_profile`) to `path`, atomically: which layer ranges reads touched, in
+ * order, with their timing. Replay it with `clip_mount_options.prefetch_profile`
+ * or embed it with `clipctl profile add`. Best called once the workload has
+ * started (or the mount is unmounted): later reads are not in the file.
+ *
+ * Returns: 0; `CLIP_EINVALID` for a NULL argument or a mount made without
+ * `record_profile`; `CLIP_ERROR` if the file cannot be written.
+ * Thread-safety: any thread, at any time before `clip_mount_free`.
+ */
+int clip_mount_write_profile(const struct clip_mount *mount, const char *path);
 
 /**
  * Unmounts (if still mounted) and frees a mount. NULL is ignored. An unmount

@@ -692,6 +692,7 @@ fn finish(
         layers: layers.into_iter().map(|l| l.record).collect(),
         tree,
         data: None,
+        profile: None,
     };
     if opts.cancel.load(Ordering::Relaxed) {
         return Err(Error::Canceled);

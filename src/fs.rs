@@ -518,7 +518,15 @@ impl Filesystem for ClipFs {
             };
             if sequential && offset + (n as u64) < inode.size {
                 let codec = &store.image().archive().layers[layer].codec;
-                if let Some(k) = codec.span_at(start + n as u64) {
+                // A span the file goes on into; or past the file's end (other
+                // files) only if reads of the layer stream in layer order (tar,
+                // cp -r): a program that reads a file here and there never asked
+                // for its neighbours.
+                let file_end = inode.a + inode.size;
+                if let Some(k) = codec.span_at(start + n as u64)
+                    && let Some(next) = codec.spans.get(k + 1)
+                    && (next.out_offset < file_end || store.streaming_layer(layer))
+                {
                     store.prefetch(layer, k + 1);
                 }
             }

@@ -371,8 +371,39 @@ impl Image {
         }
     }
 
+    /// [`Image::decode_spans`] handing out whole spans: `each(k, bytes)` once span
+    /// `k` is decoded and verified, in order.
+    pub(crate) fn decode_whole_spans(
+        &self,
+        layer: usize,
+        first: usize,
+        last: usize,
+        each: &mut dyn FnMut(usize, Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        let codec = &self.archive.layers[layer].codec;
+        let mut cur: Vec<u8> = Vec::new();
+        let mut span = first;
+        self.decode_spans(layer, first, last, &mut |_, d| {
+            let mut d = d;
+            while !d.is_empty() {
+                let (s, e) = codec.span_range(span);
+                let n = ((e - s) as usize - cur.len()).min(d.len());
+                cur.extend_from_slice(&d[..n]);
+                d = &d[n..];
+                if cur.len() as u64 == e - s {
+                    // decode_spans hands out a span's last piece once verified.
+                    each(span, std::mem::take(&mut cur))?;
+                    span += 1;
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Decodes spans `first..=last` in one pass from the first one's checkpoint,
-    /// verifying each span's hash, and hands out `(offset, bytes)` in order.
+    /// verifying each span's hash, and hands out `(offset, bytes)` in order. The
+    /// piece that completes a span is handed out only after the span's hash
+    /// matched, so a sink may keep (cache) each span as its last piece arrives.
     pub(crate) fn decode_spans(
         &self,
         layer: usize,
@@ -400,29 +431,34 @@ impl Image {
             let mut d = data;
             while !d.is_empty() {
                 let n = ((k_end - pos) as usize).min(d.len());
-                hasher.update(&d[..n]);
-                sink(pos, &d[..n])?;
-                pos += n as u64;
+                let (piece, at) = (&d[..n], pos);
+                hasher.update(piece);
                 d = &d[n..];
-                if pos == k_end {
-                    let got = hasher.finalize();
-                    if got.as_bytes() != &c.spans[k].hash {
-                        return Err(Error::DigestMismatch {
-                            what: format!(
-                                "span {k} of layer {} (data fetched from {})",
-                                l.digest,
-                                source.describe()
-                            ),
-                            expected: hex::encode(c.spans[k].hash),
-                            actual: got.to_hex().to_string(),
-                        });
-                    }
-                    hasher.reset();
-                    k += 1;
-                    if k <= last {
-                        k_end = c.span_range(k).1;
-                    }
+                pos += n as u64;
+                if pos != k_end {
+                    sink(at, piece)?;
+                    continue;
                 }
+                // A span's last bytes reach the sink only once the span is
+                // verified: a sink may keep each span as it completes.
+                let got = hasher.finalize();
+                if got.as_bytes() != &c.spans[k].hash {
+                    return Err(Error::DigestMismatch {
+                        what: format!(
+                            "span {k} of layer {} (data fetched from {})",
+                            l.digest,
+                            source.describe()
+                        ),
+                        expected: hex::encode(c.spans[k].hash),
+                        actual: got.to_hex().to_string(),
+                    });
+                }
+                hasher.reset();
+                k += 1;
+                if k <= last {
+                    k_end = c.span_range(k).1;
+                }
+                sink(at, piece)?;
             }
             Ok(())
         };
@@ -436,6 +472,8 @@ impl Image {
         )
         .map_err(|e| match e {
             Error::DigestMismatch { .. } => e.with_layer(l.digest),
+            // The sink stopped the pass.
+            Error::Canceled => e,
             // The source failed after its own retries: a network error, not bad
             // data (which is fetched again).
             e if reader.failed => Error::Network(format!(
@@ -448,17 +486,22 @@ impl Image {
                 source.describe()
             ))
             .with_layer(l.digest),
-        })?;
+        });
+        // Counted whether the pass completed or not: the work was done.
         self.stats
             .spans_decoded
-            .fetch_add((last - first + 1) as u64, Ordering::Relaxed);
+            .fetch_add((k - first) as u64, Ordering::Relaxed);
+        let decoded = match &produced {
+            Ok(n) => *n,
+            Err(_) => pos - cp.out_offset,
+        };
         self.stats
             .bytes_decoded
-            .fetch_add(produced, Ordering::Relaxed);
+            .fetch_add(decoded, Ordering::Relaxed);
         self.stats
             .compressed_bytes_read
             .fetch_add(reader.bytes_read, Ordering::Relaxed);
-        Ok(())
+        produced.map(|_| ())
     }
 }
 

@@ -32,6 +32,8 @@
 //! - [`trace`]: read tracing events (file reads and the span work below them).
 //! - [`create`]: the high-level "index this image into that archive" operation.
 //! - [`mount`] and [`fs`]: the FUSE mount of an image.
+//! - [`profile`]: startup profiles, the layer ranges a workload read in order,
+//!   recorded by one mount and replayed (fetched ahead, in parallel) by the next.
 //! - [`limits`]: the limits every reader of hostile input enforces (layers,
 //!   manifests, entries, path length and depth, decompression ratio).
 //! - [`log`]: a global stderr log subscriber with a changeable level (for the C ABI).
@@ -59,6 +61,7 @@ pub mod log;
 pub mod mount;
 pub mod oci;
 pub mod pack;
+pub mod profile;
 pub mod reference;
 pub mod registry;
 pub mod s3;

@@ -10,6 +10,7 @@ use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{Capabilities, ClipFs, ReadObserver};
 use crate::image::Image;
+use crate::profile::Profile;
 use crate::store::{DEFAULT_MAX_BYTES, Store, StoreOptions, StoreStats};
 use crate::tier::Tier;
 
@@ -37,7 +38,34 @@ pub struct MountOptions {
     /// The kernel capabilities to ask for (`None`: all, less those
     /// `$CLIP_FUSE_DISABLE` names; see [`crate::fs::Capabilities`]).
     pub capabilities: Option<Capabilities>,
+    /// The startup profile replayed at mount (default: the archive's embedded
+    /// one, if it has one).
+    pub profile: ProfileChoice,
+    /// Record the spans reads touch, for [`Mount::recorded_profile`].
+    pub record_profile: bool,
+    /// Spans a profile's replay fetches at once.
+    pub replay_threads: usize,
 }
+
+/// Which startup profile a mount replays ([`crate::profile`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ProfileChoice {
+    /// The archive's embedded profile, if it has one.
+    #[default]
+    Embedded,
+    /// None.
+    Off,
+    /// The profile file at this path (instead of an embedded one). A file that
+    /// cannot be read or is not a valid profile is ignored with a warning: the
+    /// mount works as without one.
+    File(PathBuf),
+    /// This profile.
+    Given(Profile),
+}
+
+/// Spans a replay fetches at once by default: enough to hide a registry's round
+/// trip behind the others, few enough not to crowd out the workload's reads.
+pub const DEFAULT_REPLAY_THREADS: usize = 8;
 
 impl std::fmt::Debug for MountOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,6 +82,9 @@ impl std::fmt::Debug for MountOptions {
                 &self.read_observer.as_ref().map(|_| "<fn>"),
             )
             .field("capabilities", &self.capabilities)
+            .field("profile", &self.profile)
+            .field("record_profile", &self.record_profile)
+            .field("replay_threads", &self.replay_threads)
             .finish()
     }
 }
@@ -70,6 +101,9 @@ impl Default for MountOptions {
             event_threads: 2,
             read_observer: None,
             capabilities: None,
+            profile: ProfileChoice::Embedded,
+            record_profile: false,
+            replay_threads: DEFAULT_REPLAY_THREADS,
         }
     }
 }
@@ -106,6 +140,10 @@ pub struct Mount {
     mountpoint: PathBuf,
     store: Arc<Store>,
     session: Mutex<Option<BackgroundSession>>,
+    /// Set once the session has ended (here or in a waiter): the mount point may then
+    /// hold another mount already (a new one at the same path), which
+    /// [`Mount::unmount`] must leave alone.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 impl Mount {
@@ -119,6 +157,22 @@ impl Mount {
         std::fs::create_dir_all(mountpoint).ctx("creating mount point", mountpoint)?;
         let mountpoint = std::fs::canonicalize(mountpoint).ctx("resolving", mountpoint)?;
         let store = Store::with_options(Arc::new(image), &opts.cache_dir, opts.store_options())?;
+        if opts.record_profile {
+            store.start_recording();
+        }
+        let mut warnings = Vec::new();
+        // The replay starts at once: its first fetches overlap the mount's setup.
+        if let Some((profile, what)) = choose_profile(&opts.profile, store.image(), &mut warnings) {
+            let plan = profile.plan(store.image().archive());
+            if let Some(w) = plan.warning(&what, profile.spans.len()) {
+                warnings.push(w);
+            }
+            tracing::debug!("replaying {} spans of profile {what}", plan.spans.len());
+            store.replay(plan.spans, opts.replay_threads);
+        }
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
         let caps = match opts.capabilities {
             Some(c) => c,
             None => Capabilities::from_env()?,
@@ -152,7 +206,14 @@ impl Mount {
             mountpoint,
             store,
             session: Mutex::new(Some(session)),
+            ended: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The startup profile recorded so far (with
+    /// [`MountOptions::record_profile`]; `None` without).
+    pub fn recorded_profile(&self) -> Option<Profile> {
+        self.store.recorded_profile()
     }
 
     /// The mount point.
@@ -174,11 +235,22 @@ impl Mount {
     pub fn unmount(&self) -> Result<()> {
         let session = self.session.lock().expect("session lock").take();
         match session {
-            Some(s) => s
-                .umount_and_join()
-                .map_err(|e| Error::io("unmounting", &self.mountpoint, e)),
-            // A waiter holds the session: unmounting the path ends it.
-            None if is_mounted(&self.mountpoint) => unmount_path(&self.mountpoint),
+            Some(s) => {
+                let r = s
+                    .umount_and_join()
+                    .map_err(|e| Error::io("unmounting", &self.mountpoint, e));
+                // Ended here: a wait() that comes late, and the drop, leave the
+                // path alone.
+                self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+                r
+            }
+            // A waiter holds the session: unmounting the path ends it (unless
+            // it ended already and the path is someone else's mount now).
+            None if !self.ended.load(std::sync::atomic::Ordering::SeqCst)
+                && is_mounted(&self.mountpoint) =>
+            {
+                unmount_path(&self.mountpoint)
+            }
             None => Ok(()),
         }
     }
@@ -190,15 +262,43 @@ impl Mount {
         let Some(session) = session else {
             return Ok(());
         };
-        session
+        let r = session
             .join()
-            .map_err(|e| Error::io("serving", &self.mountpoint, e))
+            .map_err(|e| Error::io("serving", &self.mountpoint, e));
+        self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        r
     }
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = self.unmount();
+    }
+}
+
+/// The profile `choice` names for `image`, and how to name it in warnings;
+/// `None` if there is none, or (with a warning in `warnings`) it is unusable.
+fn choose_profile(
+    choice: &ProfileChoice,
+    image: &Image,
+    warnings: &mut Vec<String>,
+) -> Option<(Profile, String)> {
+    let (r, what) = match choice {
+        ProfileChoice::Off => return None,
+        ProfileChoice::Given(p) => return Some((p.clone(), "given".into())),
+        ProfileChoice::File(path) => (Profile::read(path), path.display().to_string()),
+        ProfileChoice::Embedded => {
+            let bytes = image.archive().profile.as_ref()?;
+            let what = "embedded in the archive".to_string();
+            (Profile::from_bytes(bytes, &what), what)
+        }
+    };
+    match r {
+        Ok(p) => Some((p, what)),
+        Err(e) => {
+            warnings.push(format!("{e}: ignored, the mount fetches on demand only"));
+            None
+        }
     }
 }
 

@@ -755,6 +755,7 @@ impl Written {
                 offset: data_offset,
                 len: self.writer.data_len(),
             }),
+            profile: None,
         };
         let size = self.writer.finish(&archive)?;
         Ok((

@@ -34,6 +34,7 @@ use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
 use crate::image::Image;
+use crate::profile::{Profile, Recorder};
 use crate::tier::{Outcome, Tier, TierError};
 use crate::trace::{self, ReadEvent, ReadInfo, ReadObserver};
 
@@ -134,6 +135,8 @@ struct Counters {
     tier_errors: AtomicU64,
     tier_stores: AtomicU64,
     uncached: AtomicU64,
+    replayed: AtomicU64,
+    replay_left: AtomicU64,
 }
 
 /// A snapshot of the store's counters (plus the decoder's, from [`Image`]).
@@ -167,6 +170,12 @@ pub struct StoreStats {
     pub tier_stores: u64,
     /// Spans served from memory without caching them (the disk was too full).
     pub uncached: u64,
+    /// Spans a startup profile's replay fetched ahead of the workload (those
+    /// already cached or in flight when it got to them not counted).
+    pub replayed: u64,
+    /// Spans of the startup profile's replay not yet handled (0 when it is done,
+    /// or none runs).
+    pub replay_left: u64,
     /// Spans decoded (from the image's counters).
     pub spans_decoded: u64,
     /// Uncompressed bytes produced by decoders.
@@ -198,6 +207,10 @@ struct Flight {
 /// An open, verified span file.
 type SpanFile = Arc<File>;
 
+/// Checkpoint groups (layer, first span) with a decoding pass running, and the
+/// condvar readers waiting for one of those passes use.
+type Streaming = (Mutex<HashSet<(usize, usize)>>, Condvar);
+
 /// The content store of one image (the disk cache itself is shared).
 pub struct Store {
     image: Arc<Image>,
@@ -214,17 +227,25 @@ pub struct Store {
     /// Layers whose store into the tier failed.
     warm_failed: Mutex<HashSet<usize>>,
     observer: Option<ReadObserver>,
-    /// Background stores into the tier running.
+    /// Background work running: stores into the tier, checkpoint groups
+    /// decoded ahead.
     warming: Arc<(Mutex<usize>, Condvar)>,
+    /// Checkpoint groups (layer, first span) with a decoding pass running
+    /// ([`Store::stream_group`]), and the condvar their waiting readers use.
+    streaming: Arc<Streaming>,
     inflight: Mutex<HashMap<[u8; 32], Arc<Flight>>>,
     open: Mutex<HashMap<[u8; 32], SpanFile>>,
     verified: Mutex<HashSet<[u8; 32]>>,
     added: AtomicU64,
     counters: Counters,
-    /// Per layer, the span read last.
-    last_span: Mutex<HashMap<usize, usize>>,
+    /// Per layer, the span read last and how many spans before it were read in
+    /// layer order, one after the other.
+    last_span: Mutex<HashMap<usize, (usize, u32)>>,
     /// A weak handle on itself, for background prefetches.
     me: Mutex<std::sync::Weak<Store>>,
+    /// The spans reads touched, once a startup profile is being recorded (set
+    /// at most once: the look on every read is a load, no lock).
+    recorder: std::sync::OnceLock<Mutex<Recorder>>,
 }
 
 impl Store {
@@ -269,6 +290,7 @@ impl Store {
             warm_failed: Mutex::new(HashSet::new()),
             observer: opts.observer,
             warming: Arc::new((Mutex::new(0), Condvar::new())),
+            streaming: Arc::new((Mutex::new(HashSet::new()), Condvar::new())),
             inflight: Mutex::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashSet::new()),
@@ -276,6 +298,7 @@ impl Store {
             counters: Counters::default(),
             last_span: Mutex::new(HashMap::new()),
             me: Mutex::new(std::sync::Weak::new()),
+            recorder: std::sync::OnceLock::new(),
         };
         let store = Arc::new(store);
         *store.me.lock().expect("self lock") = Arc::downgrade(&store);
@@ -319,6 +342,8 @@ impl Store {
             tier_errors: c.tier_errors.load(Ordering::Relaxed),
             tier_stores: c.tier_stores.load(Ordering::Relaxed),
             uncached: c.uncached.load(Ordering::Relaxed),
+            replayed: c.replayed.load(Ordering::Relaxed),
+            replay_left: c.replay_left.load(Ordering::Relaxed),
             spans_decoded: i.spans_decoded,
             bytes_decoded: i.bytes_decoded,
             compressed_bytes_read: i.compressed_bytes_read,
@@ -446,18 +471,36 @@ impl Store {
         })
     }
 
-    /// A reader moving on to the next span of a layer is streaming in layer order
-    /// (tar order is directory order): decode the span after it on another core.
-    /// A lone cold read still inflates exactly one span.
+    /// A reader that moved on twice in a row to the next span of a layer is
+    /// streaming in layer order (tar order is directory order: `tar`, `cp -r`,
+    /// a scan): decode the span after it on another core. Once is not enough: a
+    /// program loading files from one directory (python importing its standard
+    /// library) steps into the next span now and then without reading on. A lone
+    /// cold read still inflates exactly one span.
     fn note_span(&self, layer: usize, k: usize) {
+        if let Some(r) = self.recorder.get() {
+            r.lock().expect("recorder lock").note(layer, k);
+        }
         let moved_on = {
             let mut last = self.last_span.lock().expect("last span lock");
-            let prev = last.insert(layer, k);
-            k > 0 && prev == Some(k - 1)
+            let run = match last.get(&layer) {
+                Some(&(p, run)) if p == k => run,
+                Some(&(p, run)) if k > 0 && p == k - 1 => run + 1,
+                _ => 0,
+            };
+            let prev = last.insert(layer, (k, run));
+            run >= 2 && prev.is_some_and(|(p, _)| p + 1 == k)
         };
         if moved_on {
             self.prefetch_next(layer, k);
         }
+    }
+
+    /// Whether the reads of `layer` have lately moved on from one span to the
+    /// next in layer order (the sign of a reader streaming the tree).
+    pub fn streaming_layer(&self, layer: usize) -> bool {
+        let last = self.last_span.lock().expect("last span lock");
+        last.get(&layer).is_some_and(|&(_, run)| run >= 1)
     }
 
     /// Reads `dst.len()` bytes at `within` of span `k`.
@@ -587,22 +630,36 @@ impl Store {
                     fallback: false,
                 },
             )),
-            _ => self.fetch_to_file(layer, k, &hash),
+            _ => self.fetch_to_file(layer, k, &hash, &flight),
         };
         // Written and verified: the next reads of it are served from the open file.
         if let Ok((Span::File(f), _)) = &r {
             self.keep_open(&hash, f);
         }
-        *flight.done.lock().expect("flight lock") =
-            Some(r.as_ref().map(Clone::clone).map_err(|e| e.to_string()));
-        flight.cv.notify_all();
-        self.inflight.lock().expect("inflight lock").remove(&hash);
+        self.land(
+            &hash,
+            &flight,
+            r.as_ref().map(Clone::clone).map_err(|e| e.to_string()),
+        );
         r
+    }
+
+    /// Ends the fetch `flight` of span `hash`: its waiters get `r`.
+    fn land(&self, hash: &[u8; 32], flight: &Flight, r: std::result::Result<Fetched, String>) {
+        *flight.done.lock().expect("flight lock") = Some(r);
+        flight.cv.notify_all();
+        self.inflight.lock().expect("inflight lock").remove(hash);
     }
 
     /// Span `k` from the content tier, else decoded from the layer source (then
     /// the layer is offered to the tier in the background).
-    fn fetch_to_file(&self, layer: usize, k: usize, hash: &[u8; 32]) -> Result<Fetched> {
+    fn fetch_to_file(
+        &self,
+        layer: usize,
+        k: usize,
+        hash: &[u8; 32],
+        flight: &Flight,
+    ) -> Result<Fetched> {
         let mut info = ReadInfo {
             tier: trace::Tier::Source,
             fallback: false,
@@ -617,6 +674,12 @@ impl Store {
             }
             TierRead::Fallback => info.fallback = true,
             TierRead::NotAsked => {}
+        }
+        let (first, last) = self.checkpoint_group(layer, k);
+        if first < last && !self.low_on_space(0) {
+            let r = self.stream_group(layer, k, (first, last), flight);
+            self.maybe_warm(layer, self.warm_delay());
+            return Ok((r?, info));
         }
         self.counters.fetches.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
@@ -637,12 +700,105 @@ impl Store {
             ],
         );
         let data = r?;
-        let delay = self
-            .tier
-            .as_ref()
-            .map_or(Duration::ZERO, |t| t.options().warm_delay);
-        self.maybe_warm(layer, delay);
+        self.maybe_warm(layer, self.warm_delay());
         Ok((data, info))
+    }
+
+    /// How long after a source read a layer is offered to the tier.
+    fn warm_delay(&self) -> Duration {
+        self.tier
+            .as_ref()
+            .map_or(Duration::ZERO, |t| t.options().warm_delay)
+    }
+
+    /// The spans sharing span `k`'s checkpoint, `first..=last`: decoding span
+    /// `k` inflates every span of the group before it (for a single-frame zstd
+    /// layer, the whole layer before it).
+    fn checkpoint_group(&self, layer: usize, k: usize) -> (usize, usize) {
+        let spans = &self.image.archive().layers[layer].codec.spans;
+        let cp = spans[k].checkpoint;
+        let first = spans[..k]
+            .iter()
+            .rposition(|s| s.checkpoint != cp)
+            .map_or(0, |i| i + 1);
+        let last = spans[k + 1..]
+            .iter()
+            .position(|s| s.checkpoint != cp)
+            .map_or(spans.len() - 1, |i| k + i);
+        (first, last)
+    }
+
+    /// Span `k` of a checkpoint group `first..=last` of more than one span, for
+    /// the leader of its `flight`. The group is decoded in one pass from its
+    /// checkpoint on a background thread, and every span on the way is verified
+    /// and cached: the spans before `k` (which decoding `k` inflates anyway), and
+    /// after `k` is handed back, the rest of the group, ahead of use. While a pass
+    /// runs, a reader of another span of the group waits for the pass to reach
+    /// it instead of starting another from the checkpoint: a single-frame zstd
+    /// layer is decoded once, not once per span read (quadratic in its size).
+    fn stream_group(
+        &self,
+        layer: usize,
+        k: usize,
+        (first, last): (usize, usize),
+        flight: &Flight,
+    ) -> Result<Span> {
+        let group = (layer, first);
+        {
+            let mut running = self.streaming.0.lock().expect("streaming lock");
+            loop {
+                if let Some(r) = &*flight.done.lock().expect("flight lock") {
+                    return r.clone().map(|(s, _)| s).map_err(Error::Format);
+                }
+                if running.insert(group) {
+                    break;
+                }
+                // Another pass is on its way: it lands this flight when it gets
+                // to span k, or this reader takes over if it ends first.
+                running = self.streaming.1.wait(running).expect("streaming lock");
+            }
+        }
+        // A pass that ended just before this one was started may have cached the
+        // span after this reader's look at the cache.
+        let hash = self.image.archive().layers[layer].codec.spans[k].hash;
+        if let Ok(Some((file, _))) = self.cached_file(layer, k, &hash) {
+            end_stream(&self.streaming, group);
+            return Ok(Span::File(file));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let job = GroupJob {
+            store: self.me.lock().expect("self lock").clone(),
+            image: self.image.clone(),
+            streaming: self.streaming.clone(),
+            background: self.warming.clone(),
+            layer,
+            k,
+            first,
+            last,
+            tx,
+        };
+        *self.warming.0.lock().expect("warming lock") += 1;
+        // If no thread can be started, the group is decoded here (the caller
+        // waits for all of it, but nothing is decoded twice).
+        let slot = Arc::new(Mutex::new(Some(job)));
+        let theirs = slot.clone();
+        let spawned = std::thread::Builder::new()
+            .name("clip-stream".into())
+            .spawn(move || {
+                if let Some(job) = theirs.lock().expect("job lock").take() {
+                    job.run();
+                }
+            });
+        if spawned.is_err()
+            && let Some(job) = slot.lock().expect("job lock").take()
+        {
+            job.run();
+        }
+        rx.recv().unwrap_or_else(|_| {
+            Err(Error::format(format!(
+                "decoding span {k} of layer {layer} stopped"
+            )))
+        })
     }
 
     /// Decodes span `k` straight into a temporary file in the cache (no span-sized
@@ -906,8 +1062,8 @@ impl Store {
         });
     }
 
-    /// Waits until background stores into the tier have finished, at most
-    /// `timeout`; whether they did.
+    /// Waits until background work (stores into the tier, checkpoint groups
+    /// decoded ahead) has finished, at most `timeout`; whether it did.
     pub fn wait_background(&self, timeout: Duration) -> bool {
         let (n, cv) = &*self.warming;
         let deadline = std::time::Instant::now() + timeout;
@@ -1306,24 +1462,12 @@ impl Store {
                 .fetches
                 .fetch_add((j - k + 1) as u64, Ordering::Relaxed);
             let started = std::time::Instant::now();
-            let mut cur: Vec<u8> = Vec::new();
-            let mut span = k;
-            let r = self.image.decode_spans(layer, k, j, &mut |_, d| {
-                let mut d = d;
-                while !d.is_empty() {
-                    let (s, e) = codec.span_range(span);
-                    let want = (e - s) as usize - cur.len();
-                    let n = want.min(d.len());
-                    cur.extend_from_slice(&d[..n]);
-                    d = &d[n..];
-                    if cur.len() as u64 == e - s {
-                        // decode_spans has verified the span's hash by now.
-                        self.persist(&codec.spans[span].hash, std::mem::take(&mut cur));
-                        span += 1;
-                    }
-                }
-                Ok(())
-            });
+            let r = self
+                .image
+                .decode_whole_spans(layer, k, j, &mut |span, data| {
+                    self.persist(&codec.spans[span].hash, data);
+                    Ok(())
+                });
             self.span_event(
                 trace::OP_CHECKPOINT_READ,
                 layer,
@@ -1345,6 +1489,18 @@ impl Store {
         }
     }
 
+    /// Whether span `hash` is open, in the cache or being fetched: nothing to
+    /// fetch ahead.
+    fn held_or_coming(&self, hash: &[u8; 32]) -> bool {
+        self.open.lock().expect("open lock").contains_key(hash)
+            || self
+                .inflight
+                .lock()
+                .expect("inflight lock")
+                .contains_key(hash)
+            || self.span_path(hash).exists()
+    }
+
     /// Starts fetching span `k` of `layer` in the background if it is not cached.
     pub fn prefetch(self: &Arc<Self>, layer: usize, k: usize) {
         let codec = &self.image.archive().layers[layer].codec;
@@ -1352,14 +1508,7 @@ impl Store {
             return;
         };
         let hash = span.hash;
-        if self.open.lock().expect("open lock").contains_key(&hash)
-            || self
-                .inflight
-                .lock()
-                .expect("inflight lock")
-                .contains_key(&hash)
-            || self.span_path(&hash).exists()
-        {
+        if self.held_or_coming(&hash) {
             return;
         }
         self.counters.prefetches.fetch_add(1, Ordering::Relaxed);
@@ -1368,6 +1517,249 @@ impl Store {
             let _ = me.fetch(layer, k, hash);
         });
     }
+
+    /// Starts recording the spans reads touch, each the first time, with the
+    /// time since now (see [`Store::recorded_profile`]). Reads the kernel serves
+    /// from its page cache are not seen, so a profile is best recorded on a
+    /// fresh mount. Calling it again keeps the recording going.
+    pub fn start_recording(&self) {
+        self.recorder.get_or_init(|| Mutex::new(Recorder::new()));
+    }
+
+    /// The profile recorded since [`Store::start_recording`], if recording.
+    pub fn recorded_profile(&self) -> Option<Profile> {
+        let r = self.recorder.get()?;
+        Some(
+            r.lock()
+                .expect("recorder lock")
+                .profile(self.image.archive()),
+        )
+    }
+
+    /// Fetches `spans` (`(layer, span)`, most wanted first) into the cache in the
+    /// background, `threads` at a time, ahead of the reads that will want them:
+    /// a cold start then waits for one round of parallel fetches instead of one
+    /// round trip per span in turn. Spans already cached or being fetched are
+    /// passed over; a read of a span the replay is fetching waits for that
+    /// fetch rather than starting its own. The replay stops when the store is
+    /// dropped, and counts as background work ([`Store::wait_background`]).
+    pub fn replay(self: &Arc<Self>, spans: Vec<(usize, usize)>, threads: usize) {
+        let layers = &self.image.archive().layers;
+        let spans: Vec<(usize, usize)> = spans
+            .into_iter()
+            .filter(|&(l, k)| layers.get(l).is_some_and(|l| k < l.codec.spans.len()))
+            .collect();
+        if spans.is_empty() {
+            return;
+        }
+        self.counters
+            .replay_left
+            .fetch_add(spans.len() as u64, Ordering::Relaxed);
+        let queue = Arc::new((spans, std::sync::atomic::AtomicUsize::new(0)));
+        let threads = threads.clamp(1, 64).min(queue.0.len());
+        let mut started = 0;
+        for _ in 0..threads {
+            let weak = Arc::downgrade(self);
+            let queue = queue.clone();
+            *self.warming.0.lock().expect("warming lock") += 1;
+            let warming = self.warming.clone();
+            let spawned = std::thread::Builder::new()
+                .name("clip-replay".into())
+                .spawn(move || {
+                    replay_worker(&weak, &queue);
+                    let (n, cv) = &*warming;
+                    *n.lock().expect("warming lock") -= 1;
+                    cv.notify_all();
+                });
+            if spawned.is_ok() {
+                started += 1;
+            } else {
+                // No thread: the others (or the reads themselves) do the work.
+                let (n, cv) = &*self.warming;
+                *n.lock().expect("warming lock") -= 1;
+                cv.notify_all();
+            }
+        }
+        if started == 0 {
+            // Nothing will take the spans: the replay is over, not pending.
+            self.counters
+                .replay_left
+                .fetch_sub(queue.0.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// One span of a replay: fetched unless cached or in flight already;
+    /// whether this fetched it.
+    fn replay_one(&self, layer: usize, k: usize) -> bool {
+        let hash = self.image.archive().layers[layer].codec.spans[k].hash;
+        if self.held_or_coming(&hash) {
+            return false;
+        }
+        match self.fetch(layer, k, hash) {
+            Ok(_) => true,
+            Err(e) => {
+                // A read of the span tries again, and reports the error.
+                tracing::debug!("replay: span {k} of layer {layer}: {e}");
+                false
+            }
+        }
+    }
+}
+
+/// A checkpoint group decoded in one pass ([`Store::stream_group`]).
+struct GroupJob {
+    /// The store, not kept alive by the job: when it is dropped (the mount
+    /// ended) the pass stops at the next span.
+    store: std::sync::Weak<Store>,
+    image: Arc<Image>,
+    /// The store's groups with a pass running, and their waiters' condvar.
+    streaming: Arc<Streaming>,
+    /// The store's count of background work, decremented when the job ends.
+    background: Arc<(Mutex<usize>, Condvar)>,
+    layer: usize,
+    /// The span the starting reader waits for, sent on `tx`.
+    k: usize,
+    first: usize,
+    last: usize,
+    tx: std::sync::mpsc::Sender<Result<Span>>,
+}
+
+impl GroupJob {
+    fn run(self) {
+        let image = self.image.clone();
+        let codec = &image.archive().layers[self.layer].codec;
+        let started = std::time::Instant::now();
+        let mut tx = Some(self.tx.clone());
+        let mut cached = 0u64;
+        let r = image.refetching(|| {
+            image.decode_whole_spans(self.layer, self.first, self.last, &mut |span, data| {
+                let store = self.store.upgrade().ok_or(Error::Canceled)?;
+                let hash = codec.spans[span].hash;
+                let len = data.len() as u64;
+                let waiting = store
+                    .inflight
+                    .lock()
+                    .expect("inflight lock")
+                    .get(&hash)
+                    .cloned();
+                if span == self.k {
+                    store.counters.fetches.fetch_add(1, Ordering::Relaxed);
+                    cached += len;
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(Ok(store.persist(&hash, data)));
+                    }
+                } else {
+                    let span_data = if store.span_path(&hash).exists() {
+                        None
+                    } else {
+                        if tx.is_none() && waiting.is_none() && store.low_on_space(len) {
+                            // Decoding ahead only to drop the bytes: stop.
+                            return Err(Error::Canceled);
+                        }
+                        store.counters.fetches.fetch_add(1, Ordering::Relaxed);
+                        cached += len;
+                        Some(store.persist(&hash, data))
+                    };
+                    // Look for a reader of the span again now that it is in place:
+                    // one whose fetch starts after this look finds it in the cache,
+                    // one whose fetch started before is landed here.
+                    let waiting = waiting.or_else(|| {
+                        store
+                            .inflight
+                            .lock()
+                            .expect("inflight lock")
+                            .get(&hash)
+                            .cloned()
+                    });
+                    if let Some(f) = waiting {
+                        let span_data = match span_data {
+                            Some(d) => Some(d),
+                            None => match store.cached_file(self.layer, span, &hash) {
+                                Ok(Some((file, _))) => Some(Span::File(file)),
+                                _ => None,
+                            },
+                        };
+                        if let Some(span_data) = span_data {
+                            // As a fetch's leader does: open before its waiters wake.
+                            if let Span::File(file) = &span_data {
+                                store.keep_open(&hash, file);
+                            }
+                            let info = ReadInfo {
+                                tier: trace::Tier::Source,
+                                fallback: false,
+                            };
+                            store.land(&hash, &f, Ok((span_data, info)));
+                            // Its reader waits on the streaming condvar.
+                            let _running = self.streaming.0.lock().expect("streaming lock");
+                            self.streaming.1.notify_all();
+                        }
+                    }
+                }
+                Ok(())
+            })
+        });
+        let r = match r {
+            Err(Error::Canceled) if tx.is_none() => Ok(()),
+            r => r,
+        };
+        if let Some(store) = self.store.upgrade() {
+            store.span_event(
+                trace::OP_CHECKPOINT_READ,
+                self.layer,
+                self.first,
+                if r.is_ok() { cached } else { 0 },
+                started,
+                r.as_ref().err(),
+                &[
+                    ("cache_result", "miss"),
+                    ("cache_tier", "source"),
+                    ("group", "true"),
+                ],
+            );
+        }
+        if let Some(tx) = tx.take() {
+            let _ = tx.send(Err(r.err().unwrap_or_else(|| {
+                Error::format(format!(
+                    "span {} of layer {} was not decoded",
+                    self.k, self.layer
+                ))
+            })));
+        }
+        // Readers still waiting for a span of the group take over.
+        end_stream(&self.streaming, (self.layer, self.first));
+        let (n, cv) = &*self.background;
+        *n.lock().expect("background lock") -= 1;
+        cv.notify_all();
+    }
+}
+
+/// A replay thread: takes the next span of `queue` until none is left or the
+/// store is gone.
+fn replay_worker(
+    store: &std::sync::Weak<Store>,
+    queue: &(Vec<(usize, usize)>, std::sync::atomic::AtomicUsize),
+) {
+    let (spans, next) = queue;
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(&(layer, k)) = spans.get(i) else {
+            return;
+        };
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        if store.replay_one(layer, k) {
+            store.counters.replayed.fetch_add(1, Ordering::Relaxed);
+        }
+        store.counters.replay_left.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Ends the pass over checkpoint group `group`: readers waiting for one of its
+/// spans look again, and one of them starts a pass if it still lacks its span.
+fn end_stream(streaming: &Streaming, group: (usize, usize)) {
+    streaming.0.lock().expect("streaming lock").remove(&group);
+    streaming.1.notify_all();
 }
 
 /// The last look at the cache's free space.

@@ -460,3 +460,86 @@ fn a_read_within_open_spans_is_served_at_once_and_the_same() {
     assert!(store.read_layer_if_open(layer, off, &mut []).is_none());
     assert!(store.read_layer_if_open(99, off, &mut b).is_none());
 }
+
+#[test]
+fn a_single_frame_zstd_layer_is_decoded_once_whatever_the_read_order() {
+    // Every span of a single-frame zstd layer shares the layer's one checkpoint:
+    // reading a span inflates the layer from its start. The store decodes each
+    // such layer in one pass, caching every span on the way (and the rest ahead),
+    // so however many readers ask, in whatever order, the layer's bytes are read
+    // and inflated once.
+    let d = tmp("clip-zstd1-");
+    let layout = d.path().join("layout");
+    let mut t = TarBuilder::new();
+    let mut bodies = std::collections::HashMap::new();
+    for i in 0..12usize {
+        let mut body = compressible_mixed(600_000 + i * 4099);
+        body.extend_from_slice(format!("file {i}\n").as_bytes());
+        t.file(format!("f{i:02}"), body.clone()).mode(0o644);
+        bodies.insert(body.len() as u64, body);
+    }
+    let mut lb = LayoutBuilder::new(&layout);
+    lb.add_layer(&t.finish(), Compression::Zstd);
+    lb.write_image(Some("z"));
+    let archive = d.path().join("z.clip");
+    ok(clipctl()
+        .args(["index-layout", "--span-size", "512KiB", "--layout"])
+        .arg(&layout)
+        .args(["--tag", "z", "--out"])
+        .arg(&archive));
+    let open_store = || {
+        let img = clip::image::Image::open_with_layout(&archive, &layout).unwrap();
+        clip::store::Store::new(std::sync::Arc::new(img), &d.path().join("cache"), 0).unwrap()
+    };
+    let store = open_store();
+    let rec = &store.image().archive().layers[0];
+    let (compressed, uncompressed) = (rec.compressed_size, rec.codec.uncompressed_size);
+    let spans = rec.codec.spans.len() as u64;
+    assert!(spans >= 12, "{spans} spans");
+    assert_eq!(rec.codec.checkpoints.len(), 1);
+    let mut files: Vec<(u64, u64)> = store
+        .image()
+        .tree()
+        .inodes
+        .iter()
+        .filter(|i| i.kind() == clip::tree::Kind::File)
+        .map(|i| (i.a, i.size))
+        .collect();
+    // Last file first, then the others from four threads at once.
+    files.sort();
+    files.reverse();
+    let read = |(off, size): (u64, u64)| {
+        let mut buf = vec![0; size as usize];
+        store.read_layer(0, off, &mut buf).unwrap();
+        assert!(buf == bodies[&size], "file at {off} differs");
+    };
+    read(files[0]);
+    std::thread::scope(|s| {
+        for chunk in files[1..].chunks(3) {
+            s.spawn(|| chunk.iter().for_each(|&f| read(f)));
+        }
+    });
+    assert!(store.wait_background(std::time::Duration::from_secs(60)));
+    let st = store.stats();
+    assert!(
+        st.compressed_bytes_read <= compressed,
+        "read {} compressed bytes of a {compressed}-byte layer: {st:?}",
+        st.compressed_bytes_read
+    );
+    assert!(
+        st.bytes_decoded <= uncompressed,
+        "inflated {} bytes of a {uncompressed}-byte layer: {st:?}",
+        st.bytes_decoded
+    );
+    assert_eq!(st.fetches, spans, "{st:?}");
+    // All of it is cached: a new store over the same cache reads no layer byte.
+    drop(store);
+    let again = open_store();
+    for &(off, size) in &files {
+        let mut buf = vec![0; size as usize];
+        again.read_layer(0, off, &mut buf).unwrap();
+        assert!(buf == bodies[&size]);
+    }
+    assert_eq!(again.stats().compressed_bytes_read, 0);
+    assert_eq!(again.stats().fetches, 0);
+}

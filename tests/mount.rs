@@ -405,3 +405,250 @@ fn a_cache_smaller_than_a_span_still_serves_every_byte() {
     assert!(s["evicted"].as_u64().unwrap_or(0) >= 9, "{s}");
     m.unmount();
 }
+
+/// Waits (at most 60 s) until the mount's startup profile replay is done; its
+/// counters then.
+fn replay_done(m: &Mounted) -> serde_json::Value {
+    let t = Instant::now();
+    loop {
+        let s = m.stats();
+        if s["replay_left"] == 0 || t.elapsed() > Duration::from_secs(60) {
+            assert_eq!(s["replay_left"], 0, "the replay did not finish: {s}");
+            return s;
+        }
+    }
+}
+
+/// Waits (at most 10 s) for the file a mount daemon writes as it ends.
+fn wait_for_file(p: &Path) -> Vec<u8> {
+    let t = Instant::now();
+    while !p.exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn a_recorded_profile_replayed_on_a_fresh_cache_fetches_the_workloads_spans_first() {
+    let d = tmp("clip-prof-");
+    let layout = d.path().join("layout");
+    let files = busy_layout(&layout);
+    let archive = d.path().join("busy.clip");
+    index(&layout, "busy", &archive);
+    let lay = [OsStr::new("--layout"), layout.as_os_str()];
+    let workload: Vec<&(String, Vec<u8>)> = files.iter().step_by(7).collect();
+    let run = |m: &Mounted| {
+        for (name, want) in &workload {
+            let got = std::fs::read(m.dir.join(name)).unwrap_or_else(|e| {
+                let log = std::fs::read_to_string(m.dir.with_extension("log"));
+                panic!("{name}: {e}; {}; mount log: {log:?}", m.stats())
+            });
+            assert!(got == *want, "{name}");
+        }
+    };
+
+    // Record on a fresh cache.
+    let profile = d.path().join("start.profile.json");
+    let mut args = lay.to_vec();
+    args.extend([OsStr::new("--record"), profile.as_os_str()]);
+    let m = Mounted::with_args(&archive, &d.path().join("mnt"), &d.path().join("c1"), &args);
+    run(&m);
+    let recorded = m.stats();
+    m.unmount();
+    let p: serde_json::Value = serde_json::from_slice(&wait_for_file(&profile)).unwrap();
+    assert_eq!(p["clip_profile"], 1, "{p}");
+    let n = p["spans"].as_array().unwrap().len() as u64;
+    assert!(n >= 10, "only {n} spans recorded: {p}");
+    // Every span the workload read, and only those (read-ahead is not in it).
+    assert!(n <= recorded["fetches"].as_u64().unwrap(), "{recorded} {p}");
+    let at: Vec<u64> = p["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["at_ms"].as_u64().unwrap())
+        .collect();
+    assert!(
+        at.windows(2).all(|w| w[0] <= w[1]),
+        "not in read order: {at:?}"
+    );
+
+    // Replayed on a fresh cache: every recorded span is fetched before the
+    // workload runs, so that the layer source can go and the same workload still
+    // reads every byte (from the spans the replay cached).
+    let mut args = lay.to_vec();
+    args.extend([OsStr::new("--prefetch"), profile.as_os_str()]);
+    let m = Mounted::with_args(&archive, &d.path().join("mnt"), &d.path().join("c2"), &args);
+    let before = replay_done(&m);
+    assert_eq!(before["replayed"], n, "{before}");
+    assert_eq!(before["reads"], 0, "{before}");
+    let gone = d.path().join("layout.gone");
+    std::fs::rename(&layout, &gone).unwrap();
+    run(&m);
+    std::fs::rename(&gone, &layout).unwrap();
+    m.unmount();
+
+    // Embedded in the archive, it is replayed by default; --no-prefetch skips it.
+    let out = ok(clipctl()
+        .args(["profile", "add"])
+        .arg(&archive)
+        .arg(&profile));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("profile of {n} spans embedded")),
+        "{said}"
+    );
+    let shown = ok(clipctl().args(["profile", "show"]).arg(&archive));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown, p);
+    let m = Mounted::new(
+        &archive,
+        &layout,
+        &d.path().join("mnt"),
+        &d.path().join("c3"),
+    );
+    assert_eq!(replay_done(&m)["replayed"], n);
+    run(&m);
+    m.unmount();
+    let mut args = lay.to_vec();
+    args.push(OsStr::new("--no-prefetch"));
+    let m = Mounted::with_args(&archive, &d.path().join("mnt"), &d.path().join("c4"), &args);
+    let s = m.stats();
+    assert_eq!(
+        (s["replayed"].as_u64(), s["fetches"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    m.unmount();
+    ok(clipctl().args(["profile", "remove"]).arg(&archive));
+    let shown = ok(clipctl().args(["profile", "show"]).arg(&archive));
+    assert!(shown.stdout.is_empty());
+}
+
+#[test]
+fn a_corrupt_or_stale_profile_is_ignored_with_a_warning() {
+    let d = tmp("clip-prof-");
+    let layout = d.path().join("layout");
+    let files = busy_layout(&layout);
+    let archive = d.path().join("busy.clip");
+    index(&layout, "busy", &archive);
+    let before = std::fs::read(&archive).unwrap();
+    let other = format!("sha256:{}", "ab".repeat(32));
+    let cases = [
+        ("corrupt", b"{\"clip_profile\": 1, \"spans\": [".to_vec(), "not a clip profile"),
+        (
+            "newer",
+            br#"{"clip_profile": 2, "spans": []}"#.to_vec(),
+            "profile version 2",
+        ),
+        (
+            "stale",
+            format!(
+                r#"{{"clip_profile": 1, "spans": [{{"layer": "{other}", "offset": 0, "length": 4096, "at_ms": 1}}]}}"#
+            )
+            .into_bytes(),
+            "a profile of another image?",
+        ),
+    ];
+    for (i, (what, bytes, says)) in cases.iter().enumerate() {
+        let f = d.path().join(format!("{what}.json"));
+        std::fs::write(&f, bytes).unwrap();
+        let mnt = d.path().join(format!("mnt{i}"));
+        let args = [
+            OsStr::new("--layout"),
+            layout.as_os_str(),
+            OsStr::new("--prefetch"),
+            f.as_os_str(),
+        ];
+        let m = Mounted::with_args(&archive, &mnt, &d.path().join(format!("c{i}")), &args);
+        let log = std::fs::read_to_string(mnt.with_extension("log")).unwrap();
+        assert!(
+            log.contains(says) && log.contains("ignored"),
+            "{what}: {log}"
+        );
+        let (name, want) = &files[3];
+        assert!(std::fs::read(m.dir.join(name)).unwrap() == *want, "{what}");
+        assert_eq!(m.stats()["replayed"], 0, "{what}");
+        m.unmount();
+        // Not embedded either: the archive stays as it was.
+        let err = fails(clipctl().args(["profile", "add"]).arg(&archive).arg(&f));
+        assert!(
+            err.contains(if *what == "stale" {
+                "none of its 1 entries"
+            } else {
+                says
+            }),
+            "{what}: {err}"
+        );
+        assert!(std::fs::read(&archive).unwrap() == before, "{what}");
+    }
+}
+
+/// Eight files of a plain tar layer, each with its header exactly 1 MiB, so that
+/// 2 MiB span `k` holds files `2k` and `2k + 1`.
+fn mib_files_layout(dir: &Path) -> Vec<Vec<u8>> {
+    let mut t = TarBuilder::new();
+    let files: Vec<Vec<u8>> = (0..8u64)
+        .map(|i| pseudo_random_bytes(900 + i, (1 << 20) - 512))
+        .collect();
+    for (i, f) in files.iter().enumerate() {
+        t.file(format!("f{i}"), f).mode(0o644);
+    }
+    let mut lb = LayoutBuilder::new(dir);
+    lb.add_layer(&t.finish(), Compression::None);
+    lb.write_image(Some("mib"));
+    files
+}
+
+#[test]
+fn read_ahead_follows_streams_not_a_program_reading_here_and_there() {
+    let d = tmp("clip-ra-");
+    let layout = d.path().join("layout");
+    let files = mib_files_layout(&layout);
+    let archive = d.path().join("mib.clip");
+    index(&layout, "mib", &archive);
+    let read = |m: &Mounted, i: usize| {
+        assert!(
+            std::fs::read(m.dir.join(format!("f{i}"))).unwrap() == files[i],
+            "f{i}"
+        );
+    };
+    // A program reading whole files here and there (spans 0, 2, 1, 3: python
+    // importing modules of one directory): each read fetches its own span, and
+    // reading a file to its end does not fetch the span after it, which holds
+    // other files.
+    let m = Mounted::new(
+        &archive,
+        &layout,
+        &d.path().join("mnt"),
+        &d.path().join("c1"),
+    );
+    for i in [1, 5, 2, 6] {
+        read(&m, i);
+    }
+    let s = m.stats();
+    assert_eq!(
+        (s["fetches"].as_u64(), s["prefetches"].as_u64()),
+        (Some(4), Some(0)),
+        "{s}"
+    );
+    m.unmount();
+    // A reader streaming the layer in order (tar, cp -r): once it has moved on
+    // twice, the span ahead of it is fetched before it gets there.
+    let m = Mounted::new(
+        &archive,
+        &layout,
+        &d.path().join("mnt"),
+        &d.path().join("c2"),
+    );
+    for i in 0..8 {
+        read(&m, i);
+    }
+    let s = m.stats();
+    // The four spans of the files and the 1 KiB one of the tar's end, each once.
+    assert_eq!(s["fetches"], 5, "{s}");
+    assert!(
+        s["prefetches"].as_u64().unwrap() >= 1,
+        "no read-ahead while streaming: {s}"
+    );
+    m.unmount();
+}

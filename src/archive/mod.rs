@@ -21,7 +21,7 @@ use crate::tree::Tree;
 
 pub use info::{Info, LayerInfo};
 pub use reader::{parse, read};
-pub use writer::{ArchiveWriter, write};
+pub use writer::{ArchiveWriter, set_profile, write};
 
 /// The 8 magic bytes every archive starts with.
 pub const MAGIC: [u8; 8] = *b"\x89CLIP\r\n\x1a";
@@ -65,11 +65,14 @@ pub enum SectionId {
     Strings = 9,
     /// File data of a v1 archive: the data layer's zstd frames (never loaded whole).
     Data = 10,
+    /// Optional: a startup profile ([`crate::profile::Profile`], JSON), replayed
+    /// by default when the archive is mounted.
+    Profile = 11,
 }
 
 impl SectionId {
     /// All sections this version knows (DATA, when present, is written first).
-    pub const ALL: [SectionId; 10] = [
+    pub const ALL: [SectionId; 11] = [
         SectionId::Meta,
         SectionId::Layers,
         SectionId::Checkpoints,
@@ -80,6 +83,7 @@ impl SectionId {
         SectionId::Xattrs,
         SectionId::Strings,
         SectionId::Data,
+        SectionId::Profile,
     ];
 
     /// The id for a number, if this version knows it.
@@ -203,6 +207,9 @@ pub struct Archive {
     /// Where the DATA section lies in the file this was read from (`None` for an
     /// index-only archive or a `.rclip`).
     pub data: Option<DataSection>,
+    /// The embedded startup profile (section PROFILE), as stored: its JSON is
+    /// checked when a mount replays it, and a bad one is ignored with a warning.
+    pub profile: Option<Vec<u8>>,
 }
 
 /// The position of a DATA section in an archive file.

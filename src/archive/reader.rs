@@ -324,11 +324,13 @@ fn parse_from(src: &(impl Bytes + ?Sized)) -> Result<Archive> {
         }
     }
     check_storage(&meta, &layers, data).map_err(bad)?;
+    let profile = sections.remove(&(SectionId::Profile as u32));
     Ok(Archive {
         meta,
         layers,
         tree,
         data,
+        profile,
     })
 }
 

@@ -83,7 +83,7 @@ fn encode(a: &Archive) -> Result<Vec<Section>> {
         });
     }
     let json = |v: &dyn erased::Json| v.to_vec();
-    Ok(vec![
+    let mut sections = vec![
         section(SectionId::Meta, json(&a.meta)?, true)?,
         section(SectionId::Layers, json(&layers)?, true)?,
         section(SectionId::Checkpoints, cps, true)?,
@@ -94,7 +94,54 @@ fn encode(a: &Archive) -> Result<Vec<Section>> {
         section(SectionId::Dirents, a.tree.encode_dirents(), true)?,
         section(SectionId::Xattrs, a.tree.encode_xattrs(), true)?,
         section(SectionId::Strings, a.tree.strings.clone(), true)?,
-    ])
+    ];
+    if let Some(p) = &a.profile {
+        // A hint, not the image: readers that do not know it skip it.
+        let mut s = section(SectionId::Profile, p.clone(), true)?;
+        s.flags &= !FLAG_REQUIRED;
+        sections.push(s);
+    }
+    Ok(sections)
+}
+
+/// Rewrites the archive at `path` with `profile` as its embedded startup profile
+/// (`None`: without one), atomically: the file is written anew next to itself and
+/// renamed over it, a v1 archive's file data copied as it is. Returns the new
+/// size.
+pub fn set_profile(path: &Path, profile: Option<&[u8]>) -> Result<u64> {
+    let mut archive = super::reader::read(path)?;
+    archive.profile = profile.map(<[u8]>::to_vec);
+    let mut w = ArchiveWriter::create(path)?;
+    if let Some(d) = archive.data {
+        use std::io::Read;
+        if d.offset != w.data_offset() {
+            return Err(Error::format(format!(
+                "{}: DATA section at {} (this build writes it at {})",
+                path.display(),
+                d.offset,
+                w.data_offset()
+            )));
+        }
+        let f = std::fs::File::open(path).ctx("opening archive", path)?;
+        let mut r = std::io::BufReader::with_capacity(1 << 20, f);
+        std::io::Seek::seek(&mut r, SeekFrom::Start(d.offset)).ctx("reading archive", path)?;
+        let mut r = r.take(d.len);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = r.read(&mut buf).ctx("reading archive", path)?;
+            if n == 0 {
+                break;
+            }
+            w.write_data(&buf[..n])?;
+        }
+        if w.data_len() != d.len {
+            return Err(Error::format(format!(
+                "{}: DATA section ends early (the file changed while it was copied?)",
+                path.display()
+            )));
+        }
+    }
+    w.finish(&archive)
 }
 
 mod erased {

@@ -34,6 +34,28 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum ProfileCmd {
+    /// Embed the profile FILE (from `clipctl mount --record`) in ARCHIVE,
+    /// replacing any there; the archive is rewritten atomically.
+    Add {
+        /// The archive.
+        archive: PathBuf,
+        /// The profile file.
+        file: PathBuf,
+    },
+    /// Remove the embedded profile of ARCHIVE.
+    Remove {
+        /// The archive.
+        archive: PathBuf,
+    },
+    /// Print the embedded profile of ARCHIVE as JSON (nothing if it has none).
+    Show {
+        /// The archive.
+        archive: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Index an image of a local OCI layout into an index-only .clip archive.
     IndexLayout {
@@ -161,6 +183,28 @@ enum Cmd {
         /// Internal: print "ready" on stdout once mounted (used by --daemon).
         #[arg(long, hide = true)]
         notify_ready: bool,
+        /// Record a startup profile: when the mount ends, write to FILE which
+        /// layer ranges reads touched, in order, with their timing (record on a
+        /// fresh mount: reads the page cache serves are not seen).
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+        /// Replay this startup profile at mount, fetching its spans in parallel
+        /// ahead of the workload (instead of the archive's embedded profile). An
+        /// unreadable or stale profile is ignored with a warning.
+        #[arg(long, value_name = "FILE", conflicts_with = "no_prefetch")]
+        prefetch: Option<PathBuf>,
+        /// Do not replay the archive's embedded startup profile.
+        #[arg(long)]
+        no_prefetch: bool,
+        /// Spans a profile's replay fetches at once.
+        #[arg(long, default_value_t = clip::mount::DEFAULT_REPLAY_THREADS)]
+        prefetch_threads: usize,
+    },
+    /// Embed, show or remove an archive's startup profile (replayed by default
+    /// at mount).
+    Profile {
+        #[command(subcommand)]
+        cmd: ProfileCmd,
     },
     /// Fetch and verify every span of every layer into the span cache (from the
     /// shared content tier first), so that a mount then reads nothing from the
@@ -770,6 +814,10 @@ fn run(cmd: Cmd) -> Result<()> {
             daemon,
             stats_file,
             notify_ready,
+            record,
+            prefetch,
+            no_prefetch,
+            prefetch_threads,
         } => {
             if daemon {
                 return daemonize();
@@ -777,6 +825,13 @@ fn run(cmd: Cmd) -> Result<()> {
             let img = store.image(&archive)?;
             let mut opts = store.mount_options()?;
             opts.allow_other = allow_other;
+            opts.record_profile = record.is_some();
+            opts.replay_threads = prefetch_threads;
+            opts.profile = match (prefetch, no_prefetch) {
+                (Some(f), _) => clip::mount::ProfileChoice::File(f),
+                (None, true) => clip::mount::ProfileChoice::Off,
+                (None, false) => clip::mount::ProfileChoice::Embedded,
+            };
             let m = std::sync::Arc::new(clip::mount::Mount::new(img, &mountpoint, &opts)?);
             if notify_ready {
                 println!("ready");
@@ -809,6 +864,10 @@ fn run(cmd: Cmd) -> Result<()> {
             let served = waiter
                 .join()
                 .map_err(|_| anyhow::anyhow!("mount thread panicked"))?;
+            if let (Some(path), Some(p)) = (&record, m.recorded_profile()) {
+                p.write(path)?;
+                tracing::info!("recorded {} spans into {}", p.spans.len(), path.display());
+            }
             // Layers being stored into the remote cache: finish them (however the
             // session ended), or the next machine pays for them again.
             if !m
@@ -822,6 +881,7 @@ fn run(cmd: Cmd) -> Result<()> {
             write_stats(&m)?;
             served?;
         }
+        Cmd::Profile { cmd } => profile_cmd(cmd)?,
         Cmd::Prefetch {
             archive,
             store,
@@ -1295,6 +1355,46 @@ fn inspect_goclip(path: &std::path::Path, json: bool) -> Result<()> {
     println!("nodes:        {}", g.nodes.len());
     if let Some(s) = &g.storage_json {
         println!("storage info: {}", serde_json::to_string_pretty(s)?);
+    }
+    Ok(())
+}
+
+/// `clipctl profile`: the archive's embedded startup profile.
+fn profile_cmd(cmd: ProfileCmd) -> Result<()> {
+    match cmd {
+        ProfileCmd::Add { archive, file } => {
+            let profile = clip::profile::Profile::read(&file)?;
+            let a = clip::archive::read(&archive)?;
+            let plan = profile.plan(&a);
+            let what = file.display().to_string();
+            if plan.spans.is_empty() {
+                bail!(
+                    "profile {what}: none of its {} entries is a range of the layers of {}: not embedded",
+                    profile.spans.len(),
+                    archive.display()
+                );
+            }
+            if let Some(w) = plan.warning(&what, profile.spans.len()) {
+                tracing::warn!("{w}");
+            }
+            let size = clip::archive::set_profile(&archive, Some(&profile.to_bytes()))?;
+            println!(
+                "{}: profile of {} spans embedded ({size} bytes)",
+                archive.display(),
+                plan.spans.len()
+            );
+        }
+        ProfileCmd::Remove { archive } => {
+            let size = clip::archive::set_profile(&archive, None)?;
+            println!("{}: no profile ({size} bytes)", archive.display());
+        }
+        ProfileCmd::Show { archive } => {
+            let a = clip::archive::read(&archive)?;
+            if let Some(p) = &a.profile {
+                std::io::stdout().write_all(p)?;
+                println!();
+            }
+        }
     }
     Ok(())
 }

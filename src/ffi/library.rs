@@ -18,10 +18,11 @@ pub const CLIP_CREATE_OPTIONS_VERSION: c_uint = 2;
 /// Current version of `clip_layer_index_cache_callbacks`.
 pub const CLIP_LAYER_INDEX_CACHE_CALLBACKS_VERSION: c_uint = 1;
 /// Current version of `clip_mount_options` (2 added `s3` and `data_archive`, 3 the
-/// content tier and the free-space floor).
-pub const CLIP_MOUNT_OPTIONS_VERSION: c_uint = 3;
-/// Current version of `clip_stats` (2 added the content-tier counters).
-pub const CLIP_STATS_VERSION: c_uint = 2;
+/// content tier and the free-space floor, 4 the startup profile).
+pub const CLIP_MOUNT_OPTIONS_VERSION: c_uint = 4;
+/// Current version of `clip_stats` (2 added the content-tier counters, 3 the
+/// startup profile's replay).
+pub const CLIP_STATS_VERSION: c_uint = 3;
 /// Current version of `clip_pack_options`.
 pub const CLIP_PACK_OPTIONS_VERSION: c_uint = 1;
 /// Current version of `clip_s3_options`.

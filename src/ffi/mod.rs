@@ -405,8 +405,11 @@ mod tests {
             clip_mount_options_init(p, CLIP_MOUNT_OPTIONS_VERSION),
             CLIP_OK
         );
-        assert_eq!(c_versioned(p.cast_const(), "opts").unwrap().version, 3);
-        cur[0] = 4;
+        assert_eq!(
+            c_versioned(p.cast_const(), "opts").unwrap().version,
+            CLIP_MOUNT_OPTIONS_VERSION
+        );
+        cur[0] = (CLIP_MOUNT_OPTIONS_VERSION + 1) as u64;
         assert_eq!(
             c_versioned(p.cast_const(), "opts").err().map(|f| f.code),
             Some(CLIP_EVERSION)

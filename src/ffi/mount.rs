@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::*;
 use crate::fs::ReadEvent;
 use crate::image::{Image, SourceOptions};
-use crate::mount::{Mount, MountOptions};
+use crate::mount::{Mount, MountOptions, ProfileChoice};
 use crate::store::{PrepareProgress, Store};
 use crate::tier::{S3Tier, Tier, TierOptions};
 
@@ -145,17 +145,34 @@ pub struct clip_mount_options {
     /// not stored into it (by default they are, in the background, once a read
     /// had to fetch from the layer source).
     pub content_cache_read_only: c_int,
+    /// Version 4. A startup profile file (from `clip_mount_write_profile` or
+    /// `clipctl mount --record`) to replay at mount instead of the archive's
+    /// embedded one: its spans are fetched in parallel ahead of the workload.
+    /// NULL for the embedded profile, if any. A file that cannot be read, is not
+    /// a profile, or names other layers is ignored with a warning (logged): the
+    /// mount works as without one. Read during the call only.
+    pub prefetch_profile: *const c_char,
+    /// Version 4. Non-zero to replay no startup profile, embedded or given.
+    pub no_prefetch: c_int,
+    /// Version 4. Spans a profile's replay fetches at once; 0 for the default
+    /// (8).
+    pub prefetch_threads: c_uint,
+    /// Version 4. Non-zero to record which spans reads touch, in order, for
+    /// `clip_mount_write_profile`.
+    pub record_profile: c_int,
 }
 
 // SAFETY: `clip_mount_options` is `#[repr(C)]` of integers, raw pointers and
 // `Option`s of function pointers, version first; version 2 appended `s3` and
 // `data_archive` to version 1, which ended before `s3`; version 3 appended
-// `cache_min_free_bytes` and the content-tier fields.
+// `cache_min_free_bytes` and the content-tier fields; version 4 the startup
+// profile fields.
 unsafe impl Versioned for clip_mount_options {
     const NAME: &'static str = "clip_mount_options";
     const SIZES: &'static [usize] = &[
         std::mem::offset_of!(clip_mount_options, s3),
         std::mem::offset_of!(clip_mount_options, cache_min_free_bytes),
+        std::mem::offset_of!(clip_mount_options, prefetch_profile),
         std::mem::size_of::<clip_mount_options>(),
     ];
 }
@@ -190,6 +207,10 @@ pub extern "C" fn clip_mount_options_init(opts: *mut clip_mount_options, version
                 remote_cache: std::ptr::null(),
                 content_cache_timeout_ms: 0,
                 content_cache_read_only: 0,
+                prefetch_profile: std::ptr::null(),
+                no_prefetch: 0,
+                prefetch_threads: 0,
+                record_profile: 0,
             },
             version,
         );
@@ -317,6 +338,17 @@ fn mount_args(opts: *const clip_mount_options, archive_path: &Path) -> FfiResult
             };
             let t = S3Tier::open(&loc, &a.options)?;
             mo.tier = Some(Arc::new(Tier::new(Arc::new(t), tier_opts)));
+        }
+        if o.version >= 4 {
+            if o.no_prefetch != 0 {
+                mo.profile = ProfileChoice::Off;
+            } else if let Some(p) = c_path_opt(o.prefetch_profile, "opts->prefetch_profile")? {
+                mo.profile = ProfileChoice::File(p.to_path_buf());
+            }
+            if o.prefetch_threads > 0 {
+                mo.replay_threads = o.prefetch_threads as usize;
+            }
+            mo.record_profile = o.record_profile != 0;
         }
         if let Some(cb) = o.read_observer {
             let payload = Payload(o.read_observer_payload);
@@ -476,14 +508,21 @@ pub struct clip_stats {
     /// Version 2. Spans served from memory without caching them (the disk was
     /// below its free-space floor).
     pub uncached: u64,
+    /// Version 3. Spans the startup profile's replay fetched ahead of the
+    /// workload.
+    pub replayed: u64,
+    /// Version 3. Spans of the replay not yet handled (0 when it is done or
+    /// none runs).
+    pub replay_left: u64,
 }
 
 // SAFETY: `clip_stats` is `#[repr(C)]` of integers, version first; version 2
-// appended the fields from `tier_hits` on.
+// appended the fields from `tier_hits` on, version 3 those from `replayed` on.
 unsafe impl Versioned for clip_stats {
     const NAME: &'static str = "clip_stats";
     const SIZES: &'static [usize] = &[
         std::mem::offset_of!(clip_stats, tier_hits),
+        std::mem::offset_of!(clip_stats, replayed),
         std::mem::size_of::<clip_stats>(),
     ];
 }
@@ -519,8 +558,32 @@ pub extern "C" fn clip_mount_stats(out: *mut clip_stats, mount: *const clip_moun
             tier_errors: s.tier_errors,
             tier_stores: s.tier_stores,
             uncached: s.uncached,
+            replayed: s.replayed,
+            replay_left: s.replay_left,
         };
         write_versioned(out, value, version);
+        Ok(())
+    })
+}
+
+/// Writes the startup profile recorded so far (the mount was made with
+/// `record_profile`) to `path`, atomically: which layer ranges reads touched, in
+/// order, with their timing. Replay it with `clip_mount_options.prefetch_profile`
+/// or embed it with `clipctl profile add`. Best called once the workload has
+/// started (or the mount is unmounted): later reads are not in the file.
+///
+/// Returns: 0; `CLIP_EINVALID` for a NULL argument or a mount made without
+/// `record_profile`; `CLIP_ERROR` if the file cannot be written.
+/// Thread-safety: any thread, at any time before `clip_mount_free`.
+#[unsafe(no_mangle)]
+pub extern "C" fn clip_mount_write_profile(mount: *const clip_mount, path: *const c_char) -> c_int {
+    boundary("clip_mount_write_profile", || {
+        let m = c_ref(mount, "mount")?;
+        let path = c_path(path, "path")?;
+        let p = m.mount.recorded_profile().ok_or_else(|| {
+            Failure::invalid("the mount records no profile (set clip_mount_options.record_profile)")
+        })?;
+        p.write(path)?;
         Ok(())
     })
 }

@@ -134,6 +134,7 @@ fn v1_image(go: &GoArchive, archive: &Path, data: &Path, dir: &Path) -> Result<I
             offset: 0,
             len: end,
         }),
+        profile: None,
     };
     let src = FileSource::window(file, data, 0, end);
     Image::new(a, vec![Arc::new(src) as Arc<dyn RangeSource>])

@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime/cgo"
 	"time"
+	"unsafe"
 
 	"github.com/beam-cloud/clip/go/pkg/common"
 	"sync"
@@ -112,6 +113,16 @@ func newMountSetup(options MountOptions, cb *callbacks) (_ *mountSetup, err erro
 	}
 	if options.CacheMinFreeBytes > 0 {
 		opts.cache_min_free_bytes = C.uint64_t(options.CacheMinFreeBytes)
+	}
+	opts.prefetch_profile = cs.str(options.StartupProfilePath)
+	if options.NoStartupProfile {
+		opts.no_prefetch = 1
+	}
+	if options.StartupProfileConcurrency > 0 {
+		opts.prefetch_threads = C.uint(options.StartupProfileConcurrency)
+	}
+	if options.RecordStartupProfile {
+		opts.record_profile = 1
 	}
 	meta := options.Metadata
 	if meta == nil {
@@ -293,6 +304,23 @@ func (s *Server) Unmount() error {
 		close(s.errs)
 	}
 	return nil
+}
+
+// WriteStartupProfile writes the startup profile recorded so far (the mount was
+// made with RecordStartupProfile) to path, atomically: which layer ranges reads
+// touched, in order, with their timing. Call it while the mount lives (before
+// Unmount), once the workload has started; replay the file with
+// StartupProfilePath or embed it with `clipctl profile add`. An addition of this
+// package.
+func (s *Server) WriteStartupProfile(path string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mount == nil {
+		return invalid("WriteStartupProfile: the mount is gone")
+	}
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	return call(func() C.int { return C.clip_mount_write_profile(s.mount, cpath) })
 }
 
 // free releases the mount and its callbacks; s.mu is held.

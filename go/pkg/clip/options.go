@@ -77,6 +77,18 @@ type MountOptions struct {
 	// in a subdirectory), so clip bounds it itself.
 	CacheMaxBytes     int64
 	CacheMinFreeBytes int64
+	// StartupProfilePath, if set, is a startup profile file (from
+	// Server.WriteStartupProfile or `clipctl mount --record`) replayed at mount
+	// instead of the archive's embedded one: the spans the recorded start read
+	// are fetched in parallel, ahead of the workload. A file that cannot be read,
+	// is not a profile or names other layers is ignored with a logged warning.
+	// NoStartupProfile replays none. StartupProfileConcurrency is how many spans
+	// the replay fetches at once (0: 8). RecordStartupProfile records the spans
+	// reads touch, for Server.WriteStartupProfile. Additions of this package.
+	StartupProfilePath        string
+	NoStartupProfile          bool
+	StartupProfileConcurrency int
+	RecordStartupProfile      bool
 	// UseCheckpoints is accepted, not used: checkpoints are always used.
 	UseCheckpoints bool
 	// PrepareConcurrency > 0 makes MountArchive call PrepareArchiveContent
