@@ -2,7 +2,8 @@
 # make bench: builds a realistic image (scripts/bench-image.sh), then measures clip
 # against baselines taken in the same run on the same machine, prints a table and
 # writes BENCHMARKS.md; then scripts/bench-mount.sh, bench-registry.sh, bench-tier.sh,
-# bench-abi.sh, bench-v1.sh, bench-read.sh and bench-goclip.sh add their sections.
+# bench-abi.sh, bench-v1.sh, bench-read.sh, bench-start.sh, bench-wan.sh, bench-spans.sh and bench-goclip.sh add
+# their sections.
 # Times are the median of $RUNS runs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -127,6 +128,21 @@ RUNS=$RUNS "$root/scripts/bench-v1.sh"
 # bench image and on a generated image of about 166,000 entries;
 # (re)writes the section "## Read path (issue 14)".
 RUNS=$RUNS "$root/scripts/bench-read.sh"
+
+# Cold start by layer compression (issue 15): a cold python start from the bench
+# image as built (gzip) and converted by skopeo to single-frame zstd and zstd:chunked;
+# (re)writes the section "## Cold start by layer compression (issue 15)".
+RUNS=$RUNS "$root/scripts/bench-start.sh"
+
+# Start from a registry (issue 15): pull + unpack + run against a lazy start and a
+# lazy start replaying a recorded startup profile, on loopback and through a proxy
+# adding 50 ms per request at 1 Gbit/s; (re)writes "## Start from a registry (issue 15)".
+RUNS=$RUNS "$root/scripts/bench-wan.sh"
+
+# Span size and cold bytes (issue 15): the python start's bytes fetched against the
+# archive's size, uniform spans measured and other placements estimated
+# (scripts/span-sim.py); (re)writes "## Span size and cold bytes (issue 15)".
+RUNS=$RUNS "$root/scripts/bench-spans.sh"
 
 # Archives of the Go clip (issue 12): mount ready and a cold python start for the Go
 # clip's v2 (indexed again) and v1 archives of the bench image beside ours;
