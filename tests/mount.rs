@@ -652,3 +652,49 @@ fn read_ahead_follows_streams_not_a_program_reading_here_and_there() {
     );
     m.unmount();
 }
+
+#[test]
+fn a_stats_file_that_cannot_be_written_is_a_warning_not_the_end_of_the_mount() {
+    // A mount that ends and a new one at the same path may write the same stats
+    // file at once; a failed write of the counters once ended the serving mount
+    // (and its exit unmounted the path).
+    let d = tmp("clip-stats-");
+    let layout = d.path().join("layout");
+    let files = busy_layout(&layout);
+    let archive = d.path().join("busy.clip");
+    index(&layout, "busy", &archive);
+    let m = Mounted::new(
+        &archive,
+        &layout,
+        &d.path().join("mnt"),
+        &d.path().join("cache"),
+    );
+    // A directory where the stats file was: every rename onto it fails.
+    let t = Instant::now();
+    loop {
+        let _ = std::fs::remove_file(&m.stats);
+        if std::fs::create_dir(&m.stats).is_ok() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "stats file keeps coming back"
+        );
+    }
+    std::fs::write(m.stats.join("keep"), b"").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        is_mounted(&m.dir),
+        "the mount ended when its stats file could not be written"
+    );
+    let (name, want) = &files[3];
+    assert!(std::fs::read(m.dir.join(name)).unwrap() == *want, "{name}");
+    let log = std::fs::read_to_string(m.dir.with_extension("log")).unwrap();
+    assert!(log.contains("cannot write the stats file"), "{log}");
+    assert_eq!(
+        log.matches("cannot write the stats file").count(),
+        1,
+        "{log}"
+    );
+    m.unmount();
+}

@@ -166,7 +166,7 @@ fn no_credential_or_token_in_any_output_or_log_at_trace_level() {
     assert!(got == compressible_bytes(5 << 20), "text differs");
     m.unmount();
     cap.file("mount --log-file", &m.dir.with_extension("log"));
-    cap.file("mount --stats-file", &m.dir.with_extension("stats.json"));
+    cap.file("mount --stats-file", &m.stats);
 
     // The trace output is there, the HTTP stack's included: hyper-util's
     // connection and pool events (reqwest logs through the `log` crate, which

@@ -845,22 +845,25 @@ fn run(cmd: Cmd) -> Result<()> {
                 let m = m.clone();
                 std::thread::spawn(move || m.wait())
             };
-            let write_stats = |m: &clip::mount::Mount| -> Result<()> {
-                if let Some(p) = &stats_file {
-                    let tmp = p.with_extension("tmp");
-                    std::fs::write(&tmp, stats_json(serde_json::to_value(m.stats())?))?;
-                    std::fs::rename(&tmp, p)?;
+            // The counters are for whoever watches the mount: failing to write
+            // them is a warning (once), never the end of a mount that serves.
+            let stats_warned = std::cell::Cell::new(false);
+            let write_stats = |m: &clip::mount::Mount| {
+                if let Some(p) = &stats_file
+                    && let Err(e) = write_stats_file(p, m)
+                    && !stats_warned.replace(true)
+                {
+                    tracing::warn!("cannot write the stats file {}: {e:#}", p.display());
                 }
-                Ok(())
             };
             while !waiter.is_finished() {
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {
                     m.unmount()?;
                 }
-                write_stats(&m)?;
+                write_stats(&m);
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
-            write_stats(&m)?;
+            write_stats(&m);
             let served = waiter
                 .join()
                 .map_err(|_| anyhow::anyhow!("mount thread panicked"))?;
@@ -878,7 +881,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 m.store()
                     .wait_background(std::time::Duration::from_secs(3600));
             }
-            write_stats(&m)?;
+            write_stats(&m);
             served?;
         }
         Cmd::Profile { cmd } => profile_cmd(cmd)?,
@@ -1301,6 +1304,18 @@ fn ls_line(tree: &Tree, ino: u64, name: &str, out: &mut dyn Write) -> Result<()>
 
 /// Runs this same command without `--daemon` in a new process group and returns
 /// once it reports the mount live.
+/// Writes the mount's counters to `path` by temp file and rename. The temp file
+/// is this process's own: a mount that is ending may still write the same stats
+/// path while a new mount at the same place starts.
+fn write_stats_file(path: &std::path::Path, m: &clip::mount::Mount) -> Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, stats_json(serde_json::to_value(m.stats())?))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
+    Ok(())
+}
+
 fn daemonize() -> Result<()> {
     use std::io::{BufRead, Read};
     let args: Vec<std::ffi::OsString> = std::env::args_os()

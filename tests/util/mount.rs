@@ -31,7 +31,8 @@ pub fn is_mounted(p: &Path) -> bool {
 pub struct Mounted {
     /// The mount point (canonical).
     pub dir: PathBuf,
-    stats: PathBuf,
+    /// The daemon's `--stats-file`.
+    pub stats: PathBuf,
 }
 
 impl Mounted {
@@ -61,7 +62,11 @@ impl Mounted {
         env: &[(&str, &str)],
     ) -> Mounted {
         require_fuse();
-        let stats = dir.with_extension("stats.json");
+        // One stats file per mount: a daemon that is ending writes its counters
+        // a last time, which must not pass for those of a new mount at `dir`.
+        static MOUNTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = MOUNTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stats = dir.with_extension(format!("{n}.stats.json"));
         let out = clipctl()
             .envs(env.iter().copied())
             .arg("mount")
