@@ -14,7 +14,9 @@ def write_section(md_path, section):
     if after:
         nxt = after.find("\n## ")
         rest = after[nxt:] if nxt >= 0 else ""
-    open(md_path, "w").write(before.rstrip("\n") + "\n\n" + "\n".join(section) + rest)
+    # One blank line before the next section (`rest` starts with its "\n## ").
+    body = "\n".join(section).rstrip("\n") + "\n"
+    open(md_path, "w").write(before.rstrip("\n") + "\n\n" + body + rest)
 
 
 def read_samples(path):
