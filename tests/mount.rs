@@ -698,3 +698,45 @@ fn a_stats_file_that_cannot_be_written_is_a_warning_not_the_end_of_the_mount() {
     );
     m.unmount();
 }
+
+#[test]
+fn a_daemon_points_its_stdout_and_stderr_at_dev_null_once_ready() {
+    // Its stdout and stderr were the pipes of the `--daemon` parent, which is
+    // gone: without --log-file, a log line or the last error would hit EPIPE.
+    let d = tmp("clip-daemon-");
+    let layout = d.path().join("layout");
+    let files = busy_layout(&layout);
+    let archive = d.path().join("busy.clip");
+    index(&layout, "busy", &archive);
+    let mnt = d.path().join("mnt");
+    let out = clipctl()
+        .arg("mount")
+        .arg(&archive)
+        .arg(&mnt)
+        .arg("--layout")
+        .arg(&layout)
+        .arg("--cache-dir")
+        .arg(d.path().join("cache"))
+        .arg("--daemon")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mnt = std::fs::canonicalize(&mnt).unwrap();
+    let pid = mount_pid(&mnt);
+    for fd in [1, 2] {
+        let to = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert_eq!(to, Path::new("/dev/null"), "fd {fd}");
+    }
+    let (name, want) = &files[3];
+    assert!(std::fs::read(mnt.join(name)).unwrap() == *want, "{name}");
+    ok(clipctl().arg("umount").arg(&mnt));
+    let t = Instant::now();
+    while is_mounted(&mnt) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!is_mounted(&mnt), "stale mount at {}", mnt.display());
+}

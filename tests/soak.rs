@@ -205,31 +205,6 @@ fn layers_json(archive: &Path) -> Value {
     v["layers"].clone()
 }
 
-/// The pid of the `clipctl mount` process serving `mountpoint` (the daemon's
-/// child, which got `--notify-ready`).
-fn mount_pid(mountpoint: &Path) -> u32 {
-    use std::os::unix::ffi::OsStrExt;
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let serves = args.iter().any(|a| {
-            std::fs::canonicalize(std::ffi::OsStr::from_bytes(a)).is_ok_and(|p| p == mountpoint)
-        });
-        if serves
-            && args.contains(&b"mount".as_slice())
-            && args.contains(&b"--notify-ready".as_slice())
-        {
-            return pid;
-        }
-    }
-    panic!("no clipctl mount process for {}", mountpoint.display());
-}
-
 /// A process's resident set and open file descriptors at a moment.
 #[derive(Clone, Copy, Debug)]
 struct Sample {

@@ -174,7 +174,8 @@ enum Cmd {
         /// Let other users access the mount.
         #[arg(long)]
         allow_other: bool,
-        /// Detach once the mount is live.
+        /// Detach once the mount is live. Errors until then are printed here;
+        /// logs after go to --log-file (without one, nowhere).
         #[arg(long)]
         daemon: bool,
         /// Keep a JSON file of read statistics up to date here.
@@ -836,6 +837,10 @@ fn run(cmd: Cmd) -> Result<()> {
             if notify_ready {
                 println!("ready");
                 std::io::stdout().flush()?;
+                // Our stdout and stderr are the pipes of the `--daemon` parent,
+                // which returns now: anything written to them later (the logs
+                // without --log-file, an error at the end) would fail with EPIPE.
+                detach_stdio();
             }
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -1314,6 +1319,14 @@ fn write_stats_file(path: &std::path::Path, m: &clip::mount::Mount) -> Result<()
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
     Ok(())
+}
+
+/// Points stdout and stderr at /dev/null (best effort).
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = rustix::stdio::dup2_stdout(&null);
+        let _ = rustix::stdio::dup2_stderr(&null);
+    }
 }
 
 fn daemonize() -> Result<()> {

@@ -143,3 +143,28 @@ pub fn sigkill_mount(archive: &Path) {
         .unwrap();
     assert!(status.success(), "no mount process to kill");
 }
+
+/// The pid of the `clipctl mount` process serving `mountpoint` (the daemon's
+/// child, which got `--notify-ready`).
+pub fn mount_pid(mountpoint: &Path) -> u32 {
+    use std::os::unix::ffi::OsStrExt;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let serves = args.iter().any(|a| {
+            std::fs::canonicalize(std::ffi::OsStr::from_bytes(a)).is_ok_and(|p| p == mountpoint)
+        });
+        if serves
+            && args.contains(&b"mount".as_slice())
+            && args.contains(&b"--notify-ready".as_slice())
+        {
+            return pid;
+        }
+    }
+    panic!("no clipctl mount process for {}", mountpoint.display());
+}
