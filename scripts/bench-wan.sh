@@ -9,7 +9,9 @@
 # Twice: on loopback, and through scripts/wan-proxy.py, which adds 50 ms to every
 # request and caps the bandwidth at 1 Gbit/s (a registry in another region).
 # Called by scripts/bench.sh; runs alone too. Medians of $RUNS runs. Prints the
-# table and (re)writes "## Start from a registry (issue 15)" of BENCHMARKS.md.
+# table and (re)writes "## Start from a registry (issue 15)" of BENCHMARKS.md;
+# with SPAN_SIZE (e.g. 1MiB: archives made with --span-size) its own section,
+# "## Start from a registry, SPAN_SIZE spans (issue 15)".
 #
 # cold = `sync; echo 3 > /proc/sys/vm/drop_caches` right before the measured
 #        command, on both sides.
@@ -18,6 +20,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 RUNS=${RUNS:-3}
 DELAY_MS=${DELAY_MS:-50} MBIT=${MBIT:-1000}
+SPAN_SIZE=${SPAN_SIZE:-}
 work=$root/bench-work
 clipctl=$root/target/release/clipctl
 layout=$work/layout
@@ -64,6 +67,7 @@ declare -A host=([loop]=127.0.0.1:$rport [wan]=127.0.0.1:$pport)
 nets=(loop wan)
 for n in "${nets[@]}"; do
   "$clipctl" create "127.0.0.1:$rport/bench:latest" --storage-ref "${host[$n]}/bench:latest" \
+    ${SPAN_SIZE:+--span-size "$SPAN_SIZE"} \
     --out "$w/$n.clip" >/dev/null 2>>"$log" || die "clipctl create failed; see $log"
 done
 mapfile -t ls < <(python3 "$root/scripts/bench-layers.py" "$layout")
@@ -118,7 +122,7 @@ done
 rm -rf "$cache"
 
 # ---------------------------------------------------------------- the table
-BW_RUNS=$RUNS BW_PROG=$PY_PROG BW_DELAY=$DELAY_MS BW_MBIT=$MBIT BW_LOAD="$(cut -d' ' -f1-3 /proc/loadavg)" \
+BW_SPAN=$SPAN_SIZE BW_RUNS=$RUNS BW_PROG=$PY_PROG BW_DELAY=$DELAY_MS BW_MBIT=$MBIT BW_LOAD="$(cut -d' ' -f1-3 /proc/loadavg)" \
 python3 - "$samples" "$root/BENCHMARKS.md" <<'PY'
 import os, sys
 sys.path.insert(0, os.path.join(os.path.dirname(sys.argv[2]), "scripts"))
@@ -135,7 +139,10 @@ for n in ("loop", "wan"):
                 f"| {f:.2f} s ({p / f:.1f}x faster than pull; {l / f:.2f}x faster than lazy) "
                 f"| {med[f'{n}_lazy_compressed'] / 1e6:.1f} MB / {med[f'{n}_profile_compressed'] / 1e6:.1f} MB "
                 f"| {med[f'{n}_profile_spans']:.0f} spans, {med[f'{n}_profile_replayed']:.0f} replayed |")
-sec = ["## Start from a registry (issue 15)", "",
+title = "## Start from a registry (issue 15)"
+if env.get("BW_SPAN"):
+    title = f"## Start from a registry, {env['BW_SPAN']} spans (issue 15)"
+sec = [title, "",
        f"Cold `python3 -c '{env['BW_PROG']}'` in the bench image ({img / 1e6:.1f} MB compressed), "
        "the image in a docker-registry on 127.0.0.1, timed from nothing local but the index-only "
        f"archive ({med['archive_bytes'] / 1e6:.2f} MB) to python's exit. *Pull + unpack + run*: "
