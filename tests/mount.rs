@@ -79,6 +79,17 @@ fn the_tricky_tree_is_the_same_with_each_kernel_capability_off() {
 }
 
 /// An image with many files of various sizes across two gzip layers.
+/// A scratch directory holding [`busy_layout`]'s `layout` and its archive
+/// `busy.clip`: the directory, the layout, its files and the archive.
+fn busy_archive(prefix: &str) -> (tempfile::TempDir, PathBuf, Vec<(String, Vec<u8>)>, PathBuf) {
+    let d = tmp(prefix);
+    let layout = d.path().join("layout");
+    let files = busy_layout(&layout);
+    let archive = d.path().join("busy.clip");
+    index(&layout, "busy", &archive);
+    (d, layout, files, archive)
+}
+
 fn busy_layout(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files = Vec::new();
     let mut lb = LayoutBuilder::new(dir);
@@ -221,11 +232,7 @@ fn cold_read_inflates_one_span_and_warm_read_touches_no_source() {
 
 #[test]
 fn span_cache_survives_sigkill_and_detects_corruption() {
-    let d = tmp("clip-mnt-");
-    let layout = d.path().join("layout");
-    let files = busy_layout(&layout);
-    let archive = d.path().join("busy.clip");
-    index(&layout, "busy", &archive);
+    let (d, layout, files, archive) = busy_archive("clip-mnt-");
     let cache = d.path().join("cache");
     let mnt = d.path().join("mnt");
     let m = Mounted::new(&archive, &layout, &mnt, &cache);
@@ -430,11 +437,7 @@ fn wait_for_file(p: &Path) -> Vec<u8> {
 
 #[test]
 fn a_recorded_profile_replayed_on_a_fresh_cache_fetches_the_workloads_spans_first() {
-    let d = tmp("clip-prof-");
-    let layout = d.path().join("layout");
-    let files = busy_layout(&layout);
-    let archive = d.path().join("busy.clip");
-    index(&layout, "busy", &archive);
+    let (d, layout, files, archive) = busy_archive("clip-prof-");
     let lay = [OsStr::new("--layout"), layout.as_os_str()];
     let workload: Vec<&(String, Vec<u8>)> = files.iter().step_by(7).collect();
     let run = |m: &Mounted| {
@@ -526,11 +529,7 @@ fn a_recorded_profile_replayed_on_a_fresh_cache_fetches_the_workloads_spans_firs
 
 #[test]
 fn a_corrupt_or_stale_profile_is_ignored_with_a_warning() {
-    let d = tmp("clip-prof-");
-    let layout = d.path().join("layout");
-    let files = busy_layout(&layout);
-    let archive = d.path().join("busy.clip");
-    index(&layout, "busy", &archive);
+    let (d, layout, files, archive) = busy_archive("clip-prof-");
     let before = std::fs::read(&archive).unwrap();
     let other = format!("sha256:{}", "ab".repeat(32));
     let cases = [
@@ -658,11 +657,7 @@ fn a_stats_file_that_cannot_be_written_is_a_warning_not_the_end_of_the_mount() {
     // A mount that ends and a new one at the same path may write the same stats
     // file at once; a failed write of the counters once ended the serving mount
     // (and its exit unmounted the path).
-    let d = tmp("clip-stats-");
-    let layout = d.path().join("layout");
-    let files = busy_layout(&layout);
-    let archive = d.path().join("busy.clip");
-    index(&layout, "busy", &archive);
+    let (d, layout, files, archive) = busy_archive("clip-stats-");
     let m = Mounted::new(
         &archive,
         &layout,
@@ -703,11 +698,7 @@ fn a_stats_file_that_cannot_be_written_is_a_warning_not_the_end_of_the_mount() {
 fn a_daemon_points_its_stdout_and_stderr_at_dev_null_once_ready() {
     // Its stdout and stderr were the pipes of the `--daemon` parent, which is
     // gone: without --log-file, a log line or the last error would hit EPIPE.
-    let d = tmp("clip-daemon-");
-    let layout = d.path().join("layout");
-    let files = busy_layout(&layout);
-    let archive = d.path().join("busy.clip");
-    index(&layout, "busy", &archive);
+    let (d, layout, files, archive) = busy_archive("clip-daemon-");
     let mnt = d.path().join("mnt");
     let out = clipctl()
         .arg("mount")
@@ -733,10 +724,5 @@ fn a_daemon_points_its_stdout_and_stderr_at_dev_null_once_ready() {
     }
     let (name, want) = &files[3];
     assert!(std::fs::read(mnt.join(name)).unwrap() == *want, "{name}");
-    ok(clipctl().arg("umount").arg(&mnt));
-    let t = Instant::now();
-    while is_mounted(&mnt) && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!is_mounted(&mnt), "stale mount at {}", mnt.display());
+    unmount_and_wait(&mnt);
 }

@@ -104,24 +104,26 @@ impl Mounted {
 
     /// Unmounts and waits until the mount is gone.
     pub fn unmount(&self) {
-        if is_mounted(&self.dir) {
-            let out = clipctl().arg("umount").arg(&self.dir).output().unwrap();
-            assert!(
-                out.status.success(),
-                "umount: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let t = Instant::now();
-        while is_mounted(&self.dir) && t.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        unmount_and_wait(&self.dir);
+    }
+}
+
+/// `clipctl umount DIR` (if mounted), then waits (at most 10 s) until the mount
+/// is gone.
+pub fn unmount_and_wait(dir: &Path) {
+    if is_mounted(dir) {
+        let out = clipctl().arg("umount").arg(dir).output().unwrap();
         assert!(
-            !is_mounted(&self.dir),
-            "stale mount at {}",
-            self.dir.display()
+            out.status.success(),
+            "umount: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
+    let t = Instant::now();
+    while is_mounted(dir) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!is_mounted(dir), "stale mount at {}", dir.display());
 }
 
 impl Drop for Mounted {
