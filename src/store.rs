@@ -207,6 +207,27 @@ struct Flight {
 /// An open, verified span file.
 type SpanFile = Arc<File>;
 
+/// Where the reads of a layer have got to, to tell a reader streaming the tree in
+/// layer order (tar order is directory order) from one reading here and there.
+#[derive(Clone, Copy)]
+struct Progress {
+    /// The end of the farthest read of the stream.
+    end: u64,
+    /// The span it ended in.
+    span: usize,
+    /// Steps from one span to the next the stream made.
+    run: u32,
+}
+
+/// How far before the end of the reads so far a read may start and still be
+/// part of their stream: the kernel's concurrent read-ahead of a file reaches
+/// the mount out of order.
+const STREAM_BACK: u64 = 1 << 20;
+/// How far after it: the tar headers between files, and file data a whole-tree
+/// reader never asks for (hard links, files an upper layer replaced). A program
+/// faulting pages of a mapped library jumps farther.
+const STREAM_GAP: u64 = 512 << 10;
+
 /// Checkpoint groups (layer, first span) with a decoding pass running, and the
 /// condvar readers waiting for one of those passes use.
 type Streaming = (Mutex<HashSet<(usize, usize)>>, Condvar);
@@ -238,9 +259,8 @@ pub struct Store {
     verified: Mutex<HashSet<[u8; 32]>>,
     added: AtomicU64,
     counters: Counters,
-    /// Per layer, the span read last and how many spans before it were read in
-    /// layer order, one after the other.
-    last_span: Mutex<HashMap<usize, (usize, u32)>>,
+    /// Per layer, how far the reads have got in layer order ([`Progress`]).
+    last_span: Mutex<HashMap<usize, Progress>>,
     /// A weak handle on itself, for background prefetches.
     me: Mutex<std::sync::Weak<Store>>,
     /// The spans reads touched, once a startup profile is being recorded (set
@@ -422,6 +442,7 @@ impl Store {
                 "read {off}..{end} lies outside layer {layer}"
             )));
         };
+        self.note_read(layer, off, end, first, last);
         for k in first..=last {
             let (s, e) = codec.span_range(k);
             let lo = off.max(s);
@@ -458,9 +479,7 @@ impl Store {
             f.read_exact_at(&mut buf[(lo - off) as usize..(hi - off) as usize], lo - s)
                 .ok()?;
         }
-        for k in first..=last {
-            self.note_span(layer, k);
-        }
+        self.note_read(layer, off, end, first, last);
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         self.counters
             .bytes_read
@@ -471,27 +490,46 @@ impl Store {
         })
     }
 
-    /// A reader that moved on twice in a row to the next span of a layer is
-    /// streaming in layer order (tar order is directory order: `tar`, `cp -r`,
-    /// a scan): decode the span after it on another core. Once is not enough: a
-    /// program loading files from one directory (python importing its standard
-    /// library) steps into the next span now and then without reading on. A lone
-    /// cold read still inflates exactly one span.
-    fn note_span(&self, layer: usize, k: usize) {
+    /// Notes a read of `off..end` of `layer` (spans `first..=last`). A stream of
+    /// reads that moves on in layer order (`tar`, `cp -r`, a scan) and has
+    /// stepped into the next span twice in a row gets the span after the one it
+    /// reached decoded on another core. Once is not enough: a program loading
+    /// files from one directory (python importing its standard library) steps
+    /// into the next span now and then without reading on. Reads that jump (the
+    /// page faults of a mapped library, spread over several spans) are no
+    /// stream. A lone cold read still inflates exactly one span.
+    fn note_read(&self, layer: usize, off: u64, end: u64, first: usize, last: usize) {
         if let Some(r) = self.recorder.get() {
-            r.lock().expect("recorder lock").note(layer, k);
+            let mut r = r.lock().expect("recorder lock");
+            for k in first..=last {
+                r.note(layer, k);
+            }
         }
-        let moved_on = {
-            let mut last = self.last_span.lock().expect("last span lock");
-            let run = match last.get(&layer) {
-                Some(&(p, run)) if p == k => run,
-                Some(&(p, run)) if k > 0 && p == k - 1 => run + 1,
-                _ => 0,
+        let stepped = {
+            let mut all = self.last_span.lock().expect("last span lock");
+            let prev = all.get(&layer).copied();
+            let now = match prev {
+                Some(p)
+                    if off.saturating_add(STREAM_BACK) >= p.end
+                        && off <= p.end.saturating_add(STREAM_GAP) =>
+                {
+                    let span = p.span.max(last);
+                    Progress {
+                        end: p.end.max(end),
+                        span,
+                        run: p.run.saturating_add((span - p.span) as u32),
+                    }
+                }
+                _ => Progress {
+                    end,
+                    span: last,
+                    run: 0,
+                },
             };
-            let prev = last.insert(layer, (k, run));
-            run >= 2 && prev.is_some_and(|(p, _)| p + 1 == k)
+            all.insert(layer, now);
+            (now.run >= 2 && prev.is_some_and(|p| now.span > p.span)).then_some(now.span)
         };
-        if moved_on {
+        if let Some(k) = stepped {
             self.prefetch_next(layer, k);
         }
     }
@@ -500,13 +538,12 @@ impl Store {
     /// next in layer order (the sign of a reader streaming the tree).
     pub fn streaming_layer(&self, layer: usize) -> bool {
         let last = self.last_span.lock().expect("last span lock");
-        last.get(&layer).is_some_and(|&(_, run)| run >= 1)
+        last.get(&layer).is_some_and(|p| p.run >= 1)
     }
 
     /// Reads `dst.len()` bytes at `within` of span `k`.
     fn read_span(&self, layer: usize, k: usize, within: u64, dst: &mut [u8]) -> Result<ReadInfo> {
         let hash = self.image.archive().layers[layer].codec.spans[k].hash;
-        self.note_span(layer, k);
         for _ in 0..3 {
             if let Some((f, tier)) = self.cached_file(layer, k, &hash)? {
                 if f.read_exact_at(dst, within).is_ok() {
