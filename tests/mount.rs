@@ -650,6 +650,32 @@ fn read_ahead_follows_streams_not_a_program_reading_here_and_there() {
         "no read-ahead while streaming: {s}"
     );
     m.unmount();
+    // A program touching a little here and there in layer order (the page faults
+    // of a big mapped library, one directory's modules opened in turn): it moves
+    // through spans 0, 1, 2, 3 one after the other but jumps megabytes each
+    // time, so it is no stream and nothing is fetched ahead of it.
+    let m = Mounted::new(
+        &archive,
+        &layout,
+        &d.path().join("mnt"),
+        &d.path().join("c3"),
+    );
+    for i in [0, 2, 4, 6] {
+        let mut head = vec![0u8; 64 << 10];
+        std::io::Read::read_exact(
+            &mut std::fs::File::open(m.dir.join(format!("f{i}"))).unwrap(),
+            &mut head,
+        )
+        .unwrap();
+        assert!(head == files[i][..head.len()], "f{i}");
+    }
+    let s = m.stats();
+    assert_eq!(
+        (s["fetches"].as_u64(), s["prefetches"].as_u64()),
+        (Some(4), Some(0)),
+        "{s}"
+    );
+    m.unmount();
 }
 
 #[test]
