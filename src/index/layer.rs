@@ -7,6 +7,7 @@
 //! length and depth: [`crate::limits`]).
 
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
 
 use crate::archive::LayerRecord;
@@ -18,11 +19,12 @@ use crate::oci::{Compression, Layer};
 use crate::tar::{Entry, TarParser};
 
 /// Size of the reads from a layer blob.
-const READ_CHUNK: usize = 1 << 20;
-/// Uncompressed chunks in flight between the decompressing and parsing threads.
-const PIPELINE_DEPTH: usize = 16;
-/// The producer's error when the parsing thread has stopped (its error wins).
-const TAR_STOPPED: &str = "tar parser stopped";
+const READ_CHUNK: usize = 256 << 10;
+/// Uncompressed bytes gathered before they go to the parsing thread: the decoders
+/// emit pieces of a few KiB, and a message per piece costs more than hashing it.
+const DATA_BATCH: usize = 256 << 10;
+/// Messages in flight between the decompressing and parsing threads.
+const PIPELINE_DEPTH: usize = 8;
 
 /// Everything indexing learns about one layer: what the archive keeps (digests,
 /// sizes, checkpoints, spans) and the tar entries the merge consumes.
@@ -64,123 +66,249 @@ pub fn index_layer(
     .map_err(|e| e.with_layer(layer.desc.digest))
 }
 
+/// What the decompressing thread hands the parsing thread.
+enum Chunk {
+    /// The first `n` bytes are the next bytes of the compressed blob (for its sha256).
+    Blob(Vec<u8>, usize),
+    /// The next uncompressed bytes (for the diff_id and the tar parser).
+    Data(Vec<u8>),
+}
+
+/// What the parsing thread learns: the blob's sha256 always (it hashes the blob to
+/// its end whatever else fails), the diff_id and entries unless the tar stream was
+/// bad.
+struct Parsed {
+    blob: Digest,
+    tar: Result<(Digest, Vec<Entry>)>,
+}
+
+/// What the decompressing thread learns: the blob's size, its compression, and the
+/// checkpoints and spans unless decoding failed.
+struct Produced {
+    size: u64,
+    compression: Compression,
+    codec: Result<CodecIndex>,
+}
+
 fn index_layer_inner(
     reader: &mut dyn Read,
     layer: &Layer,
     span_size: u64,
     cancel: &(dyn Fn() -> bool + Sync),
     progress: &mut dyn FnMut(LayerProgress),
-    mut budget: LayerBudget,
+    budget: LayerBudget,
 ) -> Result<LayerIndex> {
-    // Two stages on two threads: this one reads, hashes the blob and decompresses
-    // (building checkpoints and span hashes); the consumer hashes the uncompressed
-    // stream (diff_id) and parses tar headers. Buffers are recycled between them.
-    let (tx, rx) = sync_channel::<Vec<u8>>(PIPELINE_DEPTH);
+    // Two stages on two threads: this one reads and decompresses (building
+    // checkpoints and span hashes), the heavier job; the consumer hashes the blob
+    // (its digest) and the uncompressed stream (diff_id) and parses tar headers.
+    // Buffers are recycled between them.
+    let (tx, rx) = sync_channel::<Chunk>(PIPELINE_DEPTH);
     let (free_tx, free_rx) = channel::<Vec<u8>>();
-    std::thread::scope(|s| {
-        let consumer = s.spawn(move || -> Result<(Digest, Vec<Entry>)> {
-            let mut diff_hash = Hasher::new();
-            let mut tar = TarParser::new();
-            let mut entries = Vec::new();
-            for buf in rx {
+    let tar_stopped = AtomicBool::new(false);
+    let (produced, parsed) = std::thread::scope(|s| {
+        let stopped = &tar_stopped;
+        let consumer = s.spawn(move || consume(rx, free_tx, budget, stopped));
+        let mut pipe = Pipe {
+            tx,
+            free_rx,
+            batch: Vec::new(),
+            tar_stopped: &tar_stopped,
+        };
+        let produced = produce(reader, layer, span_size, cancel, progress, &mut pipe);
+        // Closing the channel ends the consumer.
+        drop(pipe);
+        let parsed = consumer
+            .join()
+            .map_err(|_| Error::format("tar parser thread panicked"));
+        (produced, parsed)
+    });
+    let (produced, parsed) = (produced?, parsed?);
+    if produced.size != layer.desc.size {
+        return Err(Error::format(format!(
+            "blob is {} bytes but the manifest says {}",
+            produced.size, layer.desc.size
+        )));
+    }
+    // A corrupt blob is reported as a digest mismatch rather than as whatever the
+    // decoder or tar parser tripped over first.
+    if parsed.blob != layer.desc.digest {
+        return Err(Error::DigestMismatch {
+            what: "layer blob".into(),
+            expected: layer.desc.digest.to_string(),
+            actual: parsed.blob.to_string(),
+        });
+    }
+    // When the parser failed it stopped the decoder, so its error says why;
+    // otherwise a decoder error comes first (the parser then saw a truncated tar).
+    let (codec, (diff_id, entries)) = if tar_stopped.into_inner() {
+        let tar = parsed.tar?;
+        (produced.codec?, tar)
+    } else {
+        let codec = produced.codec?;
+        (codec, parsed.tar?)
+    };
+    if diff_id != layer.diff_id {
+        return Err(Error::DigestMismatch {
+            what: "uncompressed layer (diff_id)".into(),
+            expected: layer.diff_id.to_string(),
+            actual: diff_id.to_string(),
+        });
+    }
+    Ok(LayerIndex {
+        record: LayerRecord {
+            digest: layer.desc.digest,
+            media_type: layer.desc.media_type.clone(),
+            compressed_size: layer.desc.size,
+            compression: produced.compression,
+            diff_id,
+            codec,
+        },
+        entries,
+    })
+}
+
+/// The parsing stage: hashes the blob to its end, and the uncompressed stream and
+/// its tar entries until the parser fails (then `tar_stopped` tells the decoder to
+/// stop producing).
+fn consume(
+    rx: Receiver<Chunk>,
+    free_tx: std::sync::mpsc::Sender<Vec<u8>>,
+    mut budget: LayerBudget,
+    tar_stopped: &AtomicBool,
+) -> Parsed {
+    let mut blob_hash = Hasher::new();
+    let mut diff_hash = Hasher::new();
+    let mut tar = TarParser::new();
+    let mut entries = Vec::new();
+    let mut failed: Option<Error> = None;
+    for chunk in rx {
+        let buf = match chunk {
+            Chunk::Blob(buf, n) => {
+                blob_hash.update(&buf[..n]);
+                buf
+            }
+            Chunk::Data(buf) if failed.is_none() => {
                 diff_hash.update(&buf);
                 if !tar.at_end() {
-                    tar.push(&buf, &mut |e: Entry| -> Result<()> {
+                    let r = tar.push(&buf, &mut |e: Entry| -> Result<()> {
                         // Paths and counts are bounded as entries arrive, so a
                         // hostile stream stops here, not after filling memory.
                         budget.add(&e)?;
                         entries.push(e);
                         Ok(())
-                    })?;
+                    });
+                    if let Err(e) = r {
+                        failed = Some(e);
+                        tar_stopped.store(true, Ordering::Relaxed);
+                    }
                 }
-                let _ = free_tx.send(buf);
+                buf
             }
-            tar.finish().map_err(Error::from)?;
-            Ok((diff_hash.finish(), entries))
-        });
-        let produced = produce(reader, layer, span_size, cancel, progress, tx, free_rx);
-        let consumed = consumer
-            .join()
-            .unwrap_or_else(|_| Err(Error::format("tar parser thread panicked")));
-        let (compression, codec, uncompressed) = match produced {
-            Ok(p) => p,
-            // The parser's own error says why it stopped.
-            Err(Error::Format(m)) if m == TAR_STOPPED => {
-                return Err(consumed.err().unwrap_or(Error::Format(m)));
-            }
-            Err(e) => return Err(e),
+            Chunk::Data(buf) => buf,
         };
-        let (diff_id, entries) = consumed?;
-        debug_assert_eq!(uncompressed, codec.uncompressed_size);
-        if diff_id != layer.diff_id {
-            return Err(Error::DigestMismatch {
-                what: "uncompressed layer (diff_id)".into(),
-                expected: layer.diff_id.to_string(),
-                actual: diff_id.to_string(),
-            });
-        }
-        Ok(LayerIndex {
-            record: LayerRecord {
-                digest: layer.desc.digest,
-                media_type: layer.desc.media_type.clone(),
-                compressed_size: layer.desc.size,
-                compression,
-                diff_id,
-                codec,
-            },
-            entries,
-        })
-    })
+        let _ = free_tx.send(buf);
+    }
+    let tar = match failed {
+        Some(e) => Err(e),
+        None => tar
+            .finish()
+            .map_err(Error::from)
+            .map(|()| (diff_hash.finish(), entries)),
+    };
+    Parsed {
+        blob: blob_hash.finish(),
+        tar,
+    }
 }
 
-/// The reading and decompressing stage. Whatever fails, the blob is still read to
-/// its end and hashed, so a corrupt blob is reported as a digest mismatch rather
-/// than as whatever the decoder or tar parser tripped over first.
+/// The decompressing stage's end of the channel: uncompressed bytes gathered into
+/// batches, buffers taken back from the consumer.
+struct Pipe<'a> {
+    tx: SyncSender<Chunk>,
+    free_rx: Receiver<Vec<u8>>,
+    batch: Vec<u8>,
+    tar_stopped: &'a AtomicBool,
+}
+
+impl Pipe<'_> {
+    /// A recycled buffer, or a new one.
+    fn buffer(&self) -> Vec<u8> {
+        self.free_rx
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(READ_CHUNK.max(DATA_BATCH)))
+    }
+
+    /// Queues uncompressed bytes, sending a batch when it is full.
+    fn data(&mut self, data: &[u8]) -> Result<()> {
+        if self.batch.capacity() == 0 {
+            self.batch = self.buffer();
+            self.batch.clear();
+        }
+        self.batch.extend_from_slice(data);
+        if self.batch.len() >= DATA_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is batched.
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let b = std::mem::take(&mut self.batch);
+        self.send(Chunk::Data(b))
+    }
+
+    fn send(&self, c: Chunk) -> Result<()> {
+        if self.tar_stopped.load(Ordering::Relaxed) {
+            return Err(Error::format("tar parser stopped"));
+        }
+        self.tx
+            .send(c)
+            .map_err(|_| Error::format("tar parser thread ended early"))
+    }
+}
+
+/// The reading and decompressing stage. Whatever fails in decoding, the blob is
+/// still read to its end and handed on to be hashed.
 fn produce(
     reader: &mut dyn Read,
     layer: &Layer,
     span_size: u64,
     cancel: &(dyn Fn() -> bool + Sync),
     progress: &mut dyn FnMut(LayerProgress),
-    tx: SyncSender<Vec<u8>>,
-    free_rx: Receiver<Vec<u8>>,
-) -> Result<(Compression, CodecIndex, u64)> {
-    let mut buf = vec![0u8; READ_CHUNK];
-    let mut blob_hash = Hasher::new();
+    pipe: &mut Pipe<'_>,
+) -> Result<Produced> {
     let mut indexer: Option<Box<dyn codec::StreamIndexer>> = None;
     let mut compression = layer.compression;
     let mut prog = LayerProgress::default();
     let uncompressed = std::cell::Cell::new(0u64);
     let mut failed: Option<Error> = None;
-    let mut sink = |data: &[u8]| -> Result<()> {
-        // Polled per output chunk too: one read of a highly compressed blob can
-        // inflate to hundreds of MiB, and a cancel must not wait for that.
-        if cancel() {
-            return Err(Error::Canceled);
-        }
-        uncompressed.set(uncompressed.get() + data.len() as u64);
-        let mut b = free_rx
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(data.len().max(64 << 10)));
-        b.clear();
-        b.extend_from_slice(data);
-        // A closed channel means the consumer failed; its error is reported.
-        tx.send(b).map_err(|_| Error::format(TAR_STOPPED))
-    };
     loop {
         if cancel() {
             return Err(Error::Canceled);
         }
+        let mut buf = pipe.buffer();
+        buf.resize(READ_CHUNK, 0);
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::format(format!("reading blob: {e}"))),
         };
-        let data = &buf[..n];
-        blob_hash.update(data);
         prog.compressed_done += n as u64;
         if failed.is_none() {
+            let data = &buf[..n];
+            let mut sink = |out: &[u8]| -> Result<()> {
+                // Polled per output chunk too: one read of a highly compressed blob
+                // can inflate to hundreds of MiB, and a cancel must not wait for that.
+                if cancel() {
+                    return Err(Error::Canceled);
+                }
+                uncompressed.set(uncompressed.get() + out.len() as u64);
+                pipe.data(out)
+            };
             let r = (|| -> Result<()> {
                 if indexer.is_none() {
                     compression = effective_compression(layer, data)?;
@@ -188,34 +316,39 @@ fn produce(
                 }
                 indexer.as_mut().expect("set above").push(data, &mut sink)
             })();
-            if let Err(e) = r {
-                failed = Some(e);
+            match r {
+                Err(Error::Canceled) => return Err(Error::Canceled),
+                Err(e) => failed = Some(e),
+                Ok(()) => {}
             }
+        }
+        // The blob goes on to be hashed even when decoding failed.
+        if pipe.tx.send(Chunk::Blob(buf, n)).is_err() {
+            return Err(Error::format("tar parser thread ended early"));
         }
         prog.uncompressed_done = uncompressed.get();
         progress(prog);
     }
-    if prog.compressed_done != layer.desc.size {
-        return Err(Error::format(format!(
-            "blob is {} bytes but the manifest says {}",
-            prog.compressed_done, layer.desc.size
-        )));
-    }
-    let actual = blob_hash.finish();
-    if actual != layer.desc.digest {
-        return Err(Error::DigestMismatch {
-            what: "layer blob".into(),
-            expected: layer.desc.digest.to_string(),
-            actual: actual.to_string(),
-        });
-    }
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    let indexer = indexer.ok_or_else(|| Error::format("layer blob is empty"))?;
-    let codec = indexer.finish(&mut sink)?;
-    drop(tx);
-    Ok((compression, codec, uncompressed.get()))
+    let codec = match (failed, indexer) {
+        (Some(e), _) => Err(e),
+        (None, None) => Err(Error::format("layer blob is empty")),
+        (None, Some(indexer)) => {
+            let mut sink = |out: &[u8]| -> Result<()> {
+                uncompressed.set(uncompressed.get() + out.len() as u64);
+                pipe.data(out)
+            };
+            indexer.finish(&mut sink).and_then(|c| {
+                pipe.flush()?;
+                debug_assert_eq!(uncompressed.get(), c.uncompressed_size);
+                Ok(c)
+            })
+        }
+    };
+    Ok(Produced {
+        size: prog.compressed_done,
+        compression,
+        codec,
+    })
 }
 
 /// The compression to decode with: the blob's magic bytes win over the media type
@@ -295,5 +428,46 @@ mod tests {
         );
         let e = run(LayerBudget::new(100, 9)).unwrap_err().to_string();
         assert!(e.contains("(limits::MAX_ENTRY_BYTES)"), "{e}");
+    }
+
+    #[test]
+    fn the_first_fault_is_the_one_reported() {
+        let (blob, layer) = layer_of(2000);
+        let run = |blob: &[u8], layer: &Layer| {
+            index_layer_inner(
+                &mut &blob[..],
+                layer,
+                1 << 20,
+                &|| false,
+                &mut |_| {},
+                LayerBudget::default(),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        // A flipped byte: the blob's digest, not what the decoder tripped over.
+        let mut bad = blob.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x55;
+        let e = run(&bad, &layer);
+        assert!(e.contains("layer blob") && e.contains("digest"), "{e}");
+        // Cut short but announced as such (digest and size of the cut blob): the
+        // decoder's error, not the tar parser's view of a stream that stops.
+        let cut = &blob[..blob.len() / 2];
+        let mut short = layer.clone();
+        short.desc.digest = Digest::of(cut);
+        short.desc.size = cut.len() as u64;
+        let e = run(cut, &short);
+        assert!(e.contains("gzip"), "{e}");
+        // Longer than the manifest says.
+        let mut small = layer.clone();
+        small.desc.size -= 1;
+        let e = run(&blob, &small);
+        assert!(e.contains("manifest says"), "{e}");
+        // A good blob of another diff_id.
+        let mut other = layer.clone();
+        other.diff_id = Digest::of(b"x");
+        let e = run(&blob, &other);
+        assert!(e.contains("diff_id"), "{e}");
     }
 }
