@@ -611,16 +611,20 @@ fn read_ahead_follows_streams_not_a_program_reading_here_and_there() {
             "f{i}"
         );
     };
+    // Each part on a fresh cache, so its counters are its own.
+    let mount = |cache: &str| {
+        Mounted::new(
+            &archive,
+            &layout,
+            &d.path().join("mnt"),
+            &d.path().join(cache),
+        )
+    };
     // A program reading whole files here and there (spans 0, 2, 1, 3: python
     // importing modules of one directory): each read fetches its own span, and
     // reading a file to its end does not fetch the span after it, which holds
     // other files.
-    let m = Mounted::new(
-        &archive,
-        &layout,
-        &d.path().join("mnt"),
-        &d.path().join("c1"),
-    );
+    let m = mount("c1");
     for i in [1, 5, 2, 6] {
         read(&m, i);
     }
@@ -633,12 +637,7 @@ fn read_ahead_follows_streams_not_a_program_reading_here_and_there() {
     m.unmount();
     // A reader streaming the layer in order (tar, cp -r): once it has moved on
     // twice, the span ahead of it is fetched before it gets there.
-    let m = Mounted::new(
-        &archive,
-        &layout,
-        &d.path().join("mnt"),
-        &d.path().join("c2"),
-    );
+    let m = mount("c2");
     for i in 0..8 {
         read(&m, i);
     }
@@ -654,12 +653,7 @@ fn read_ahead_follows_streams_not_a_program_reading_here_and_there() {
     // of a big mapped library, one directory's modules opened in turn): it moves
     // through spans 0, 1, 2, 3 one after the other but jumps megabytes each
     // time, so it is no stream and nothing is fetched ahead of it.
-    let m = Mounted::new(
-        &archive,
-        &layout,
-        &d.path().join("mnt"),
-        &d.path().join("c3"),
-    );
+    let m = mount("c3");
     for i in [0, 2, 4, 6] {
         let mut head = vec![0u8; 64 << 10];
         std::io::Read::read_exact(
