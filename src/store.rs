@@ -228,6 +228,20 @@ const STREAM_BACK: u64 = 1 << 20;
 /// faulting pages of a mapped library jumps farther.
 const STREAM_GAP: u64 = 512 << 10;
 
+/// The most spans fetched ahead of a stream (at 2 MiB spans, 8 MiB): more cores
+/// than that serve other readers; a machine runs many containers.
+const MAX_READ_AHEAD: usize = 4;
+
+/// Spans fetched ahead of a stream: one per core, from 2 to [`MAX_READ_AHEAD`].
+fn read_ahead() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(2, |p| p.get())
+            .clamp(2, MAX_READ_AHEAD)
+    })
+}
+
 /// Checkpoint groups (layer, first span) with a decoding pass running, and the
 /// condvar readers waiting for one of those passes use.
 type Streaming = (Mutex<HashSet<(usize, usize)>>, Condvar);
@@ -492,8 +506,8 @@ impl Store {
 
     /// Notes a read of `off..end` of `layer` (spans `first..=last`). A stream of
     /// reads that moves on in layer order (`tar`, `cp -r`, a scan) and has
-    /// stepped into the next span twice in a row gets the span after the one it
-    /// reached decoded on another core. Once is not enough: a program loading
+    /// stepped into the next span twice in a row gets the spans after the one it
+    /// reached decoded on the other cores ([`Store::prefetch_next`]). Once is not enough: a program loading
     /// files from one directory (python importing its standard library) steps
     /// into the next span now and then without reading on. Reads that jump (the
     /// page faults of a mapped library, spread over several spans) are no
@@ -1520,9 +1534,14 @@ impl Store {
         Ok(())
     }
 
+    /// Fetches the spans after span `k` ahead of a stream that reached it, one
+    /// per core up to [`MAX_READ_AHEAD`]: one span ahead keeps a single core
+    /// decoding, one after the other, while the reader waits for each.
     fn prefetch_next(&self, layer: usize, k: usize) {
         if let Some(me) = self.me.lock().expect("self lock").upgrade() {
-            me.prefetch(layer, k + 1);
+            for ahead in 1..=read_ahead() {
+                me.prefetch(layer, k + ahead);
+            }
         }
     }
 
