@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
@@ -144,6 +145,9 @@ pub struct Mount {
     /// hold another mount already (a new one at the same path), which
     /// [`Mount::unmount`] must leave alone.
     ended: std::sync::atomic::AtomicBool,
+    /// The lock on the mount point's directory ([`lock_mountpoint`]), released
+    /// once the session is torn down.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 impl Mount {
@@ -156,6 +160,7 @@ impl Mount {
         detach_stale(mountpoint)?;
         std::fs::create_dir_all(mountpoint).ctx("creating mount point", mountpoint)?;
         let mountpoint = std::fs::canonicalize(mountpoint).ctx("resolving", mountpoint)?;
+        let lock = lock_mountpoint(&mountpoint);
         let store = Store::with_options(Arc::new(image), &opts.cache_dir, opts.store_options())?;
         if opts.record_profile {
             store.start_recording();
@@ -207,6 +212,7 @@ impl Mount {
             store,
             session: Mutex::new(Some(session)),
             ended: std::sync::atomic::AtomicBool::new(false),
+            lock: Mutex::new(lock),
         })
     }
 
@@ -242,6 +248,7 @@ impl Mount {
                 // Ended here: a wait() that comes late, and the drop, leave the
                 // path alone.
                 self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+                self.lock.lock().expect("lock lock").take();
                 r
             }
             // A waiter holds the session: unmounting the path ends it (unless
@@ -266,6 +273,7 @@ impl Mount {
             .join()
             .map_err(|e| Error::io("serving", &self.mountpoint, e));
         self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.lock.lock().expect("lock lock").take();
         r
     }
 }
@@ -298,6 +306,39 @@ fn choose_profile(
         Err(e) => {
             warnings.push(format!("{e}: ignored, the mount fetches on demand only"));
             None
+        }
+    }
+}
+
+/// How long a new mount waits for the session that last served its mount point
+/// to be torn down.
+const MOUNTPOINT_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Locks the directory `mountpoint` (before anything is mounted on it) until this
+/// mount's session is torn down, and first waits for the lock of a mount that
+/// served it before. The FUSE library, tearing a session down after the kernel
+/// ended it (`umount` from outside), unmounts the path once more: without the
+/// lock, that hits a new mount made at the same path in the meantime (a worker
+/// restarting a container), in this process or another. Best effort: a
+/// directory that cannot be opened or locked is mounted on without a lock, and
+/// after [`MOUNTPOINT_LOCK_WAIT`] with a warning.
+fn lock_mountpoint(mountpoint: &Path) -> Option<std::fs::File> {
+    use rustix::fs::{FlockOperation, flock};
+    let dir = std::fs::File::open(mountpoint).ok()?;
+    let started = std::time::Instant::now();
+    loop {
+        match flock(&dir, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Some(dir),
+            Err(rustix::io::Errno::WOULDBLOCK) if started.elapsed() < MOUNTPOINT_LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => {
+                tracing::warn!(
+                    mountpoint = %mountpoint.display(),
+                    "cannot lock the mount point ({e}); mounting without waiting for its last mount to end"
+                );
+                return None;
+            }
         }
     }
 }

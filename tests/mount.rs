@@ -746,3 +746,42 @@ fn a_daemon_points_its_stdout_and_stderr_at_dev_null_once_ready() {
     assert!(std::fs::read(mnt.join(name)).unwrap() == *want, "{name}");
     unmount_and_wait(&mnt);
 }
+
+/// A worker restarting a container mounts again at the same path the moment the
+/// last mount there is unmounted. The FUSE library, tearing the old session down,
+/// unmounts the path once more; that must not take the new mount with it. The old
+/// daemon is stopped between the unmount and its teardown to make the race
+/// certain: without the mount-point lock the new mount is gone once it resumes.
+#[test]
+fn a_new_mount_survives_the_teardown_of_the_last_one_at_its_path() {
+    let (d, layout, files, archive) = busy_archive("clip-remount-");
+    let mnt = d.path().join("mnt");
+    let old = Mounted::new(&archive, &layout, &mnt, &d.path().join("c1"));
+    let pid = mount_pid(&old.dir);
+    let signal = move |sig: &str| {
+        let s = Command::new("kill").arg(sig).arg(pid.to_string()).status();
+        assert!(s.unwrap().success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    unmount_and_wait(&old.dir);
+    let resume = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        signal("-CONT");
+    });
+    let new = Mounted::new(&archive, &layout, &mnt, &d.path().join("c2"));
+    resume.join().unwrap();
+    let t = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the old mount process did not end"
+    );
+    let (name, want) = &files[0];
+    assert!(
+        std::fs::read(new.dir.join(name)).unwrap() == *want,
+        "{name} through the new mount"
+    );
+    new.unmount();
+}
