@@ -332,6 +332,14 @@ fn lock_mountpoint(mountpoint: &Path) -> Option<std::fs::File> {
             Err(rustix::io::Errno::WOULDBLOCK) if started.elapsed() < MOUNTPOINT_LOCK_WAIT => {
                 std::thread::sleep(Duration::from_millis(5));
             }
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                tracing::warn!(
+                    mountpoint = %mountpoint.display(),
+                    "the last mount at this path is still being torn down after {}s; mounting anyway",
+                    MOUNTPOINT_LOCK_WAIT.as_secs()
+                );
+                return None;
+            }
             Err(e) => {
                 tracing::warn!(
                     mountpoint = %mountpoint.display(),

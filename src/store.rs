@@ -507,8 +507,8 @@ impl Store {
     /// Notes a read of `off..end` of `layer` (spans `first..=last`). A stream of
     /// reads that moves on in layer order (`tar`, `cp -r`, a scan) and has
     /// stepped into the next span twice in a row gets the spans after the one it
-    /// reached decoded on the other cores ([`Store::prefetch_next`]). Once is not enough: a program loading
-    /// files from one directory (python importing its standard library) steps
+    /// reached decoded on the other cores ([`Store::prefetch_next`]). Once is not
+    /// enough: a program loading files from one directory (python importing its standard library) steps
     /// into the next span now and then without reading on. Reads that jump (the
     /// page faults of a mapped library, spread over several spans) are no
     /// stream. A lone cold read still inflates exactly one span.
